@@ -1,0 +1,104 @@
+# grwhd - GetResponse webhook daemon.  See README.md.
+.SUFFIXES:
+
+PKGS      = lua5.4 libmicrohttpd gnutls libcjson sqlite3 libcurl
+PREFIX   ?= /usr/local
+BUILD    ?= build
+CC       ?= cc
+CFLAGS   ?= -O2 -g
+WERROR   ?= 0
+
+WARN = -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes \
+       -Wmissing-prototypes -Wpointer-arith -Wundef -Wvla -Wcast-align \
+       -Wnull-dereference -Wdouble-promotion
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
+
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -pthread -MMD -MP $(WARN) $(PKG_CFLAGS) \
+             $(CFLAGS)
+ALL_LIBS   = $(PKG_LIBS) -pthread -lm
+
+CORE_SRC = core/util.c core/log.c core/auth.c core/batch.c core/spool.c \
+           core/intake.c core/dispatch.c core/server.c core/config.c \
+           lua/convert.c lua/lib.c lua/runtime.c
+MAIN_SRC = core/main.c
+TEST_SRC = tests/check_main.c tests/check_auth.c tests/check_batch.c \
+           tests/check_convert.c tests/check_spool.c tests/check_log.c \
+           tests/check_config.c
+
+CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o)
+MAIN_OBJ = $(MAIN_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/%.o)
+
+BIN      = $(BUILD)/grwhd
+UNIT     = $(BUILD)/check_grwhd
+
+.PHONY: all run test unit e2e sanitize lint bench install uninstall clean deps
+
+all: grwhd
+
+grwhd: $(BIN)
+	cp $(BIN) $@
+
+$(BIN): $(CORE_OBJ) $(MAIN_OBJ)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(ALL_LIBS) $(LDFLAGS)
+
+$(UNIT): $(CORE_OBJ) $(TEST_OBJ)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(ALL_LIBS) $(CHECK_LIBS) $(LDFLAGS)
+
+$(BUILD)/tests/%.o: tests/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# Installs the Debian packages (when root and something is missing).
+deps:
+	@scripts/install-deps.sh
+
+# Builds, then serves examples/handler.lua over HTTPS on 127.0.0.1:8080.
+run: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/dev-run.sh
+
+test: unit e2e
+
+unit: $(UNIT)
+	$(UNIT)
+
+e2e: $(BIN)
+	GRWHD_BIN=$(abspath $(BIN)) python3 tests/e2e/run.py
+
+# The same tests under AddressSanitizer and UndefinedBehaviorSanitizer.
+sanitize:
+	$(MAKE) --no-print-directory BUILD=build/san WERROR=$(WERROR) \
+	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+	  -fno-sanitize-recover=undefined" unit e2e
+
+lint:
+	@scripts/lint.sh
+
+bench: all
+	@scripts/bench.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/grwhd/examples
+	install -m 755 grwhd $(DESTDIR)$(PREFIX)/bin/grwhd
+	install -m 644 examples/*.lua $(DESTDIR)$(PREFIX)/share/grwhd/examples/
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/grwhd
+	rm -rf $(DESTDIR)$(PREFIX)/share/grwhd
+
+clean:
+	rm -rf build grwhd
+
+-include $(CORE_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

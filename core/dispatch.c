@@ -1,0 +1,156 @@
+/* dispatch.c - worker threads, each with its own Lua state. */
+#include "dispatch.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "../lua/runtime.h"
+
+struct worker {
+    struct dispatch *d;
+    int index;
+    pthread_t thread;
+    bool started;
+    struct lrt *rt;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct spool_event **ring;
+    size_t head, count;
+    bool stop;
+};
+
+struct dispatch {
+    struct dispatch_conf conf;
+    size_t next_anon;       /* spreads events that name no contact */
+    struct worker *w;
+};
+
+/* FNV-1a: stable, cheap, and good enough to spread contact ids. */
+static uint64_t
+hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static void *
+worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct dispatch *d = w->d;
+
+    for (;;) {
+        struct spool_event *ev;
+        struct gerr err;
+        bool ok;
+
+        pthread_mutex_lock(&w->mu);
+        while (w->count == 0 && !w->stop)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (w->stop) {
+            pthread_mutex_unlock(&w->mu);
+            break;
+        }
+        ev = w->ring[w->head];
+        w->head = (w->head + 1) % d->conf.queue_cap;
+        w->count--;
+        pthread_mutex_unlock(&w->mu);
+
+        err.msg[0] = '\0';
+        ok = lrt_call(w->rt, ev, &err) == 0;
+        d->conf.done(d->conf.done_arg, ev, ok, ok ? NULL : err.msg);
+    }
+    return NULL;
+}
+
+struct dispatch *
+dispatch_start(const struct dispatch_conf *conf, struct gerr *err)
+{
+    struct dispatch *d = xcalloc(1, sizeof(*d));
+
+    d->conf = *conf;
+    d->w = xcalloc((size_t)conf->workers, sizeof(*d->w));
+    for (int i = 0; i < conf->workers; i++) {
+        struct worker *w = &d->w[i];
+
+        w->d = d;
+        w->index = i;
+        pthread_mutex_init(&w->mu, NULL);
+        pthread_cond_init(&w->cv, NULL);
+        w->ring = xcalloc(conf->queue_cap, sizeof(*w->ring));
+        w->rt = lrt_new(conf->lua, i, err);
+        if (w->rt == NULL)
+            goto fail;
+    }
+    for (int i = 0; i < conf->workers; i++) {
+        if (pthread_create(&d->w[i].thread, NULL, worker_main, &d->w[i])) {
+            gerr_set(err, "cannot start worker thread");
+            goto fail;
+        }
+        d->w[i].started = true;
+    }
+    return d;
+fail:
+    dispatch_stop(d);
+    return NULL;
+}
+
+bool
+dispatch_offer(struct dispatch *d, struct spool_event *ev)
+{
+    size_t i;
+    struct worker *w;
+    bool ok = false;
+
+    if (ev->contact != NULL && ev->contact[0] != '\0')
+        i = (size_t)(hash_str(ev->contact) % (uint64_t)d->conf.workers);
+    else
+        i = d->next_anon++ % (size_t)d->conf.workers;
+    w = &d->w[i];
+    pthread_mutex_lock(&w->mu);
+    if (w->count < d->conf.queue_cap && !w->stop) {
+        w->ring[(w->head + w->count) % d->conf.queue_cap] = ev;
+        w->count++;
+        ok = true;
+        pthread_cond_signal(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return ok;
+}
+
+void
+dispatch_stop(struct dispatch *d)
+{
+    if (d == NULL)
+        return;
+    for (int i = 0; i < d->conf.workers; i++) {
+        struct worker *w = &d->w[i];
+
+        pthread_mutex_lock(&w->mu);
+        w->stop = true;
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+    }
+    for (int i = 0; i < d->conf.workers; i++) {
+        struct worker *w = &d->w[i];
+
+        if (w->started)
+            pthread_join(w->thread, NULL);
+        /* What is still queued stays pending in the spool for next time. */
+        for (size_t k = 0; k < w->count; k++)
+            spool_event_free(w->ring[(w->head + k) % d->conf.queue_cap]);
+        free(w->ring);
+        lrt_free(w->rt);
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
+    }
+    free(d->w);
+    free(d);
+}

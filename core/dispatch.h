@@ -1,0 +1,42 @@
+/* dispatch.h - worker threads, each with its own Lua state. */
+#ifndef GRWHD_DISPATCH_H
+#define GRWHD_DISPATCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "spool.h"
+#include "util.h"
+
+struct lrt_conf;
+
+/*
+ * Called on a worker thread when an event's attempt ends; takes ownership
+ * of ev.  error is NULL on success and lives only during the call.
+ */
+typedef void (*dispatch_done_fn)(void *arg, struct spool_event *ev, bool ok,
+                                 const char *error);
+
+struct dispatch_conf {
+    int workers;
+    size_t queue_cap;               /* events held in memory per worker */
+    const struct lrt_conf *lua;
+    dispatch_done_fn done;
+    void *done_arg;
+};
+
+struct dispatch;
+
+/* Starts the workers; fails when any of them cannot load the script. */
+struct dispatch *dispatch_start(const struct dispatch_conf *conf,
+                                struct gerr *err);
+/*
+ * Queues ev for the worker that owns its contact, so one contact's events
+ * run in the order offered.  Returns false, keeping ev the caller's, when
+ * that worker's queue is full.
+ */
+bool dispatch_offer(struct dispatch *d, struct spool_event *ev);
+/* Lets running handlers finish, then joins; queued events are freed. */
+void dispatch_stop(struct dispatch *d);
+
+#endif

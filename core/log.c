@@ -1,0 +1,223 @@
+/* log.c - levelled logfmt / JSON lines on stderr. */
+#include "log.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static enum log_level log_min = LOG_INFO;
+static enum log_format log_fmt = LOG_FORMAT_TEXT;
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+void
+log_setup(enum log_level min, enum log_format fmt)
+{
+    log_min = min;
+    log_fmt = fmt;
+}
+
+bool
+log_enabled(enum log_level level)
+{
+    return level >= log_min;
+}
+
+int
+log_level_parse(const char *s, enum log_level *out)
+{
+    for (int i = 0; i <= LOG_ERROR; i++) {
+        if (strcmp(s, level_names[i]) == 0) {
+            *out = (enum log_level)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static void
+put(struct log_line *l, const char *s, size_t n)
+{
+    /* Keep room for the closing brace and newline. */
+    size_t room = sizeof(l->buf) - 3 - l->len;
+
+    if (n > room)
+        n = room;
+    memcpy(l->buf + l->len, s, n);
+    l->len += n;
+}
+
+static void
+putc1(struct log_line *l, char c)
+{
+    put(l, &c, 1);
+}
+
+static bool
+needs_quotes(const char *s, size_t n)
+{
+    if (n == 0)
+        return true;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= ' ' || c == '"' || c == '=' || c == '\\' || c >= 0x7f)
+            return true;
+    }
+    return false;
+}
+
+/* Escapes control bytes and quotes; bytes >= 0x80 pass (UTF-8 text). */
+static void
+put_escaped(struct log_line *l, const char *s, size_t n)
+{
+    char tmp[8];
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        switch (c) {
+        case '"': put(l, "\\\"", 2); break;
+        case '\\': put(l, "\\\\", 2); break;
+        case '\n': put(l, "\\n", 2); break;
+        case '\r': put(l, "\\r", 2); break;
+        case '\t': put(l, "\\t", 2); break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                snprintf(tmp, sizeof(tmp), "\\u%04x", c);
+                put(l, tmp, 6);
+            } else {
+                putc1(l, (char)c);
+            }
+        }
+    }
+}
+
+static void
+put_key(struct log_line *l, const char *key)
+{
+    if (log_fmt == LOG_FORMAT_JSON) {
+        put(l, ",\"", 2);
+        put(l, key, strlen(key));
+        put(l, "\":", 2);
+    } else {
+        putc1(l, ' ');
+        put(l, key, strlen(key));
+        putc1(l, '=');
+    }
+}
+
+bool
+log_begin(struct log_line *l, enum log_level level, const char *msg)
+{
+    char ts[40];
+    struct timespec now;
+    struct tm tm;
+    size_t n;
+
+    l->on = log_enabled(level);
+    if (!l->on)
+        return false;
+    l->level = level;
+    l->len = 0;
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, sizeof(ts) - n, ".%03ldZ", now.tv_nsec / 1000000);
+    if (log_fmt == LOG_FORMAT_JSON) {
+        put(l, "{\"ts\":\"", 7);
+        put(l, ts, strlen(ts));
+        put(l, "\"", 1);
+    } else {
+        put(l, "ts=", 3);
+        put(l, ts, strlen(ts));
+    }
+    log_str(l, "level", level_names[level]);
+    log_str(l, "msg", msg);
+    return true;
+}
+
+void
+log_strn(struct log_line *l, const char *key, const char *val, size_t n)
+{
+    if (!l->on)
+        return;
+    if (val == NULL) {
+        val = "";
+        n = 0;
+    }
+    put_key(l, key);
+    if (log_fmt == LOG_FORMAT_JSON || needs_quotes(val, n)) {
+        putc1(l, '"');
+        put_escaped(l, val, n);
+        putc1(l, '"');
+    } else {
+        put(l, val, n);
+    }
+}
+
+void
+log_str(struct log_line *l, const char *key, const char *val)
+{
+    log_strn(l, key, val, val ? strlen(val) : 0);
+}
+
+void
+log_int(struct log_line *l, const char *key, long long val)
+{
+    char tmp[32];
+    int n;
+
+    if (!l->on)
+        return;
+    n = snprintf(tmp, sizeof(tmp), "%lld", val);
+    put_key(l, key);
+    put(l, tmp, (size_t)n);
+}
+
+void
+log_num(struct log_line *l, const char *key, double val)
+{
+    char tmp[48];
+    int n;
+
+    if (!l->on)
+        return;
+    n = snprintf(tmp, sizeof(tmp), "%.3f", val);
+    put_key(l, key);
+    put(l, tmp, (size_t)n);
+}
+
+void
+log_end(struct log_line *l)
+{
+    if (!l->on)
+        return;
+    if (log_fmt == LOG_FORMAT_JSON)
+        l->buf[l->len++] = '}';
+    l->buf[l->len++] = '\n';
+    /* One write per line keeps lines from threads whole. */
+    (void)!write(STDERR_FILENO, l->buf, l->len);
+    l->on = false;
+}
+
+void
+log_msg(enum log_level level, const char *msg)
+{
+    struct log_line l;
+
+    if (log_begin(&l, level, msg))
+        log_end(&l);
+}
+
+void
+log_msg_str(enum log_level level, const char *msg, const char *key,
+            const char *val)
+{
+    struct log_line l;
+
+    if (!log_begin(&l, level, msg))
+        return;
+    log_str(&l, key, val);
+    log_end(&l);
+}

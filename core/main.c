@@ -1,0 +1,366 @@
+/* main.c - command line, signals, and the wiring of the daemon. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "batch.h"
+#include "config.h"
+#include "dispatch.h"
+#include "intake.h"
+#include "log.h"
+#include "server.h"
+#include "spool.h"
+#include "../lua/runtime.h"
+
+/* Events each worker holds in memory; the rest wait in the spool. */
+#define GRWHD_QUEUE_PER_WORKER 1024
+/* Largest payload file feed reads. */
+#define GRWHD_FEED_MAX (64L << 20)
+/* How long shutdown waits for requests whose events are being stored. */
+#define GRWHD_DRAIN_SECONDS 5.0
+
+static void
+usage(FILE *out)
+{
+    fprintf(out,
+            "usage: grwhd [serve] --script FILE [options]   run the receiver\n"
+            "       grwhd check --script FILE              compile the "
+            "script, list the types it handles\n"
+            "       grwhd feed --script FILE [PAYLOAD|-]... run payloads "
+            "through the handlers now\n"
+            "       grwhd --help | --version\n\noptions:\n");
+    config_usage(out);
+}
+
+static int
+load_secrets(const struct config *c, struct auth *a, struct gerr *err)
+{
+    auth_init(a);
+    for (int i = 0; i < c->nsecrets; i++)
+        if (auth_add(a, c->secrets[i], strlen(c->secrets[i]), err) != 0)
+            return -1;
+    if (c->secret_file != NULL && auth_add_file(a, c->secret_file, err) != 0)
+        return -1;
+    return 0;
+}
+
+static struct lrt_conf
+lua_conf(const struct config *c)
+{
+    struct lrt_conf lc = {
+        .script = c->script,
+        .handler_timeout = c->handler_timeout,
+        .memory_limit = (size_t)c->lua_memory,
+    };
+    return lc;
+}
+
+static int
+serve(struct config *c)
+{
+    struct gerr err = {{0}};
+    struct auth auth;
+    struct lrt_conf lc = lua_conf(c);
+    struct spool *sp;
+    struct intake *in = NULL;
+    struct dispatch *d = NULL;
+    struct server *srv = NULL;
+    sigset_t sigs;
+    int sig, rc = 1;
+
+    if (load_secrets(c, &auth, &err) != 0) {
+        log_msg_str(LOG_ERROR, "cannot load secrets", "error", err.msg);
+        return 1;
+    }
+    if (auth_open(&auth))
+        log_msg(LOG_WARN, "NO SECRET CONFIGURED: every request is accepted; "
+                          "set --secret, --secret-file or GRWHD_SECRET");
+    if (c->tls_cert == NULL)
+        log_msg(LOG_WARN, "plain HTTP: GetResponse needs HTTPS; use "
+                          "--tls-cert and --tls-key (or a TLS proxy)");
+
+    /* Signals go to the main thread only; every other thread blocks them. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    sp = spool_open(c->spool, &err);
+    if (sp == NULL) {
+        log_msg_str(LOG_ERROR, "cannot open spool", "error", err.msg);
+        return 1;
+    }
+    in = intake_start(sp, c->max_backlog, &err);
+    if (in == NULL) {
+        spool_close(sp);
+        log_msg_str(LOG_ERROR, "cannot start intake", "error", err.msg);
+        return 1;
+    }
+    {
+        struct dispatch_conf dc = {
+            .workers = (int)c->workers,
+            .queue_cap = GRWHD_QUEUE_PER_WORKER,
+            .lua = &lc,
+            .done = intake_complete,
+            .done_arg = in,
+        };
+        d = dispatch_start(&dc, &err);
+    }
+    if (d == NULL) {
+        log_msg_str(LOG_ERROR, "cannot load script", "error", err.msg);
+        goto out;
+    }
+    intake_set_dispatch(in, d);
+    {
+        struct server_conf sc = {
+            .listen = c->listen,
+            .tls_cert = c->tls_cert,
+            .tls_key = c->tls_key,
+            .path = c->path,
+            .secret_param = c->secret_param,
+            .auth = &auth,
+            .max_body = (size_t)c->max_body,
+            .threads = c->workers > 4 ? 4 : (unsigned)c->workers,
+            .max_conns = (unsigned)c->max_conns,
+            .max_conns_per_ip = (unsigned)c->max_conns_per_ip,
+            .conn_timeout = (unsigned)c->conn_timeout,
+            .intake = in,
+        };
+        srv = server_start(&sc, &err);
+    }
+    if (srv == NULL) {
+        log_msg_str(LOG_ERROR, "cannot start listener", "error", err.msg);
+        goto out;
+    }
+    {
+        struct log_line l;
+        if (log_begin(&l, LOG_INFO, "listening")) {
+            log_str(&l, "addr", c->listen);
+            log_str(&l, "tls", c->tls_cert ? "on" : "off");
+            log_str(&l, "script", c->script);
+            log_str(&l, "spool", c->spool);
+            log_int(&l, "workers", c->workers);
+            log_int(&l, "backlog", (long long)intake_backlog(in));
+            log_str(&l, "version", GRWHD_VERSION);
+            log_end(&l);
+        }
+    }
+    for (;;) {
+        if (sigwait(&sigs, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            /* XXX(reload): SIGHUP does not reload the script, TLS files or
+             * secrets yet; a restart does. */
+            log_msg(LOG_WARN, "SIGHUP ignored: reload is not supported yet; "
+                              "restart to load changes");
+            continue;
+        }
+        log_msg_str(LOG_INFO, "shutting down", "signal", strsignal(sig));
+        break;
+    }
+    rc = 0;
+out:
+    server_stop(srv, GRWHD_DRAIN_SECONDS);
+    intake_set_dispatch(in, NULL);
+    dispatch_stop(d);
+    {
+        int64_t left = intake_backlog(in);
+        intake_stop(in);
+        if (rc == 0)
+            log_msg_str(LOG_INFO, "stopped", "unhandled",
+                        left > 0 ? "kept in spool" : "none");
+    }
+    return rc;
+}
+
+static void
+print_type(void *arg, const char *name)
+{
+    int *n = arg;
+
+    printf("%s%s", (*n)++ ? " " : "", name);
+}
+
+static int
+check(struct config *c)
+{
+    struct gerr err;
+    struct lrt_conf lc = lua_conf(c);
+    struct lrt *rt = lrt_new(&lc, 0, &err);
+    int n = 0;
+
+    if (rt == NULL) {
+        fprintf(stderr, "grwhd: %s\n", err.msg);
+        return 1;
+    }
+    printf("%s: ok; handles: ", c->script);
+    lrt_types(rt, print_type, &n);
+    printf("%s\n", n ? "" : "(nothing)");
+    lrt_free(rt);
+    return 0;
+}
+
+static char *
+slurp(const char *path, size_t *len, struct gerr *err)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    size_t cap = 65536, n = 0;
+    char *buf;
+
+    if (f == NULL) {
+        gerr_set(err, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    buf = xmalloc(cap);
+    for (;;) {
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0)
+            break;
+        if (n == cap) {
+            if (cap >= (size_t)GRWHD_FEED_MAX) {
+                gerr_set(err, "%s: larger than %ld bytes", path,
+                         GRWHD_FEED_MAX);
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            cap *= 2;
+            buf = xrealloc(buf, cap);
+        }
+    }
+    if (f != stdin)
+        fclose(f);
+    *len = n;
+    return buf;
+}
+
+/* Runs every event of one payload; returns how many failed, -1 if bad. */
+static int
+feed_one(struct lrt *rt, const char *path, int64_t *next_id)
+{
+    struct gerr err;
+    struct batch b;
+    size_t len;
+    char *body = slurp(path, &len, &err);
+    int failed = 0;
+
+    if (body == NULL) {
+        fprintf(stderr, "grwhd: %s\n", err.msg);
+        return -1;
+    }
+    if (batch_parse(&b, body, len, &err) != 0) {
+        fprintf(stderr, "grwhd: %s: %s\n", path, err.msg);
+        batch_free(&b);
+        return -1;
+    }
+    for (size_t i = 0; i < b.n; i++) {
+        struct spool_event ev = {
+            .id = (*next_id)++,
+            .received_at = util_now(),
+            .type = b.ev[i].type,
+            .contact = b.ev[i].contact,
+            .remote_addr = "feed",
+            .batch_index = (int)i,
+            .batch_size = (int)b.n,
+            .json = (char *)b.ev[i].json,
+            .len = b.ev[i].len,
+        };
+        double t0 = util_mono();
+        int rc = lrt_call(rt, &ev, &err);
+        double ms = (util_mono() - t0) * 1000.0;
+
+        if (rc == 0) {
+            printf("ok   %s #%zu type=%s %.3f ms\n", path, i + 1,
+                   ev.type[0] ? ev.type : "\"\"", ms);
+        } else {
+            printf("FAIL %s #%zu type=%s %.3f ms\n%s\n", path, i + 1,
+                   ev.type[0] ? ev.type : "\"\"", ms, err.msg);
+            failed++;
+        }
+    }
+    batch_free(&b);
+    return failed;
+}
+
+static int
+feed(struct config *c)
+{
+    struct gerr err;
+    struct lrt_conf lc = lua_conf(c);
+    struct lrt *rt;
+    int64_t id = 1;
+    int failed = 0, bad = 0;
+
+    if (c->nargs == 0) {
+        fprintf(stderr, "grwhd: feed needs payload files (or - for stdin)\n");
+        return 2;
+    }
+    rt = lrt_new(&lc, 0, &err);
+    if (rt == NULL) {
+        fprintf(stderr, "grwhd: %s\n", err.msg);
+        return 1;
+    }
+    for (int i = 0; i < c->nargs; i++) {
+        int n = feed_one(rt, c->args[i], &id);
+        if (n < 0)
+            bad++;
+        else
+            failed += n;
+    }
+    lrt_free(rt);
+    fflush(stdout);
+    return failed || bad ? 1 : 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    struct config c;
+    struct gerr err;
+    const char *cmd = "serve";
+    int first = 1, rc;
+
+    if (argc > 1 && strncmp(argv[1], "--", 2) != 0) {
+        cmd = argv[1];
+        first = 2;
+    }
+    config_defaults(&c);
+    if (config_parse(&c, argc - first, argv + first, &err) != 0) {
+        fprintf(stderr, "grwhd: %s\n", err.msg);
+        config_free(&c);
+        return 2;
+    }
+    log_setup(c.log_level, c.log_format);
+    if (c.help) {
+        usage(stdout);
+        rc = 0;
+    } else if (c.version) {
+        printf("grwhd %s\n", GRWHD_VERSION);
+        rc = 0;
+    } else if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "check") != 0 &&
+               strcmp(cmd, "feed") != 0) {
+        fprintf(stderr, "grwhd: unknown command '%s' (see --help)\n", cmd);
+        rc = 2;
+    } else if (c.script == NULL) {
+        fprintf(stderr, "grwhd: %s needs --script FILE\n", cmd);
+        rc = 2;
+    } else if (strcmp(cmd, "check") == 0) {
+        rc = check(&c);
+    } else if (strcmp(cmd, "feed") == 0) {
+        rc = feed(&c);
+    } else if (c.nargs > 0) {
+        fprintf(stderr, "grwhd: unexpected argument '%s'\n", c.args[0]);
+        rc = 2;
+    } else {
+        rc = serve(&c);
+    }
+    config_free(&c);
+    return rc;
+}

@@ -1,0 +1,617 @@
+/* server.c - the webhook listener (libmicrohttpd, HTTPS with GnuTLS). */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "batch.h"
+#include "intake.h"
+#include "log.h"
+
+/* GetResponse sends at most 100 events in one request. */
+#define GRWHD_BATCH_NOMINAL 100
+/* A too-large body is read and dropped up to this much more, so the 413
+ * reaches the client; past it the connection is cut. */
+#define GRWHD_DISCARD_MAX (1024 * 1024)
+/* Delivery ids longer than this are not GetResponse's: not kept. */
+#define GRWHD_ID_MAX 200
+#define GRWHD_LOG_PATH_MAX 512
+/* Suggested wait for a client told 503, in seconds. */
+#define GRWHD_RETRY_AFTER "10"
+
+enum req_stage {
+    REQ_NEW,
+    REQ_WAITING,        /* suspended until the intake has stored the job */
+    REQ_STORED,
+    REQ_FAILED,
+};
+
+struct server {
+    struct server_conf conf;
+    struct MHD_Daemon *mhd;
+    char *cert_pem, *key_pem;
+    struct MHD_Response *r_ok, *r_403, *r_404, *r_405, *r_413, *r_503;
+    atomic_int waiting;     /* requests suspended on the intake */
+};
+
+struct req {
+    struct server *srv;
+    struct MHD_Connection *conn;
+    double t0;
+    const char *method;
+    char *body;
+    size_t len, cap;
+    size_t discarded;
+    bool too_large;
+    unsigned status;
+    size_t events;
+    struct intake_job job;
+    atomic_int stage;
+    char *webhook_id, *request_id;
+    char remote[INET6_ADDRSTRLEN];
+    char path[GRWHD_LOG_PATH_MAX];
+};
+
+static const char ok_body[] = "{\"status\":\"OK\"}";
+
+static struct MHD_Response *
+json_response(const char *body, size_t len, enum MHD_ResponseMemoryMode mode)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, (void *)body, mode);
+
+    if (r != NULL)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                "application/json");
+    return r;
+}
+
+static struct MHD_Response *
+error_response(const char *error)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof(buf),
+                     "{\"status\":\"ERROR\",\"error\":\"%s\"}", error);
+
+    return json_response(buf, (size_t)n, MHD_RESPMEM_MUST_COPY);
+}
+
+/* Writes msg as a JSON string body without quotes or control bytes. */
+static void
+json_text(char *out, size_t cap, const char *msg)
+{
+    size_t o = 0;
+
+    for (; *msg && o + 1 < cap; msg++) {
+        unsigned char c = (unsigned char)*msg;
+        if (c == '"' || c == '\\' || c < 0x20)
+            c = '\'';
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+}
+
+static enum MHD_Result
+reply(struct req *r, unsigned status, struct MHD_Response *resp)
+{
+    r->status = status;
+    return MHD_queue_response(r->conn, status, resp);
+}
+
+static enum MHD_Result
+reply_error(struct req *r, unsigned status, const char *msg)
+{
+    char text[300];
+    struct MHD_Response *resp;
+    enum MHD_Result rc;
+
+    json_text(text, sizeof(text), msg);
+    resp = error_response(text);
+    if (resp == NULL)
+        return MHD_NO;
+    rc = reply(r, status, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+static enum MHD_Result
+add_query_key(void *cls, enum MHD_ValueKind kind, const char *key,
+              const char *value)
+{
+    struct req *r = cls;
+    size_t n = strlen(r->path);
+
+    (void)kind;
+    (void)value;
+    /* Values are never logged: one may be the secret, another an e-mail. */
+    snprintf(r->path + n, sizeof(r->path) - n, "%s%s=REDACTED",
+             strchr(r->path, '?') ? "&" : "?", key);
+    return MHD_YES;
+}
+
+static char *
+header_id(struct MHD_Connection *c, const char *name)
+{
+    const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+
+    if (v == NULL || v[0] == '\0' || strlen(v) > GRWHD_ID_MAX)
+        return NULL;
+    return xstrdup(v);
+}
+
+static struct req *
+req_new(struct server *srv, struct MHD_Connection *conn, const char *url,
+        const char *method)
+{
+    struct req *r = xcalloc(1, sizeof(*r));
+    const union MHD_ConnectionInfo *ci;
+
+    r->srv = srv;
+    r->conn = conn;
+    r->t0 = util_mono();
+    r->method = method;
+    atomic_init(&r->stage, REQ_NEW);
+    snprintf(r->path, sizeof(r->path), "%s", url);
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_query_key, r);
+    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci != NULL && ci->client_addr != NULL) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr,
+                      r->remote, sizeof(r->remote));
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr,
+                      r->remote, sizeof(r->remote));
+    }
+    return r;
+}
+
+static void
+req_free(struct req *r)
+{
+    /* The intake clears the slots of the events it took. */
+    for (size_t i = 0; r->job.ev != NULL && i < r->job.n; i++)
+        spool_event_free(r->job.ev[i]);
+    free(r->job.ev);
+    free(r->body);
+    free(r->webhook_id);
+    free(r->request_id);
+    free(r);
+}
+
+/* First call: headers are in, no body byte has been read. */
+static enum MHD_Result
+on_headers(struct req *r, const char *url, const char *method)
+{
+    struct server *srv = r->srv;
+    const char *given, *cl;
+    size_t given_len = 0;
+
+    if (srv->conf.path != NULL && strcmp(url, srv->conf.path) != 0)
+        return reply(r, MHD_HTTP_NOT_FOUND, srv->r_404);
+    /* XXX(legacy callbacks): a GET with an action parameter is refused
+     * like any other GET until callback mapping exists. */
+    if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+        return reply(r, MHD_HTTP_METHOD_NOT_ALLOWED, srv->r_405);
+    if (!auth_open(srv->conf.auth)) {
+        given = NULL;
+        if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND,
+                                          srv->conf.secret_param,
+                                          strlen(srv->conf.secret_param),
+                                          &given, &given_len) != MHD_YES ||
+            !auth_check(srv->conf.auth, given, given_len))
+            return reply(r, MHD_HTTP_FORBIDDEN, srv->r_403);
+    }
+    cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL && strtoull(cl, NULL, 10) > srv->conf.max_body)
+        return reply(r, MHD_HTTP_CONTENT_TOO_LARGE, srv->r_413);
+    r->webhook_id = header_id(r->conn, "X-Webhook-ID");
+    r->request_id = header_id(r->conn, "X-Request-ID");
+    return MHD_YES;
+}
+
+static enum MHD_Result
+on_body(struct req *r, const char *data, size_t n)
+{
+    size_t max = r->srv->conf.max_body;
+
+    if (r->too_large || r->len + n > max) {
+        r->too_large = true;
+        r->discarded += n;
+        /* Past the allowance the peer is only wasting our time. */
+        return r->discarded > GRWHD_DISCARD_MAX ? MHD_NO : MHD_YES;
+    }
+    if (r->len + n > r->cap) {
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap < r->len + n)
+            cap *= 2;
+        if (cap > max)
+            cap = max;
+        r->body = xrealloc(r->body, cap);
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    return MHD_YES;
+}
+
+/* Runs on the intake thread: the events are stored (or not). */
+static void
+on_stored(struct intake_job *job)
+{
+    struct req *r = job->arg;
+
+    atomic_store(&r->stage,
+                 job->result == INTAKE_STORED ? REQ_STORED : REQ_FAILED);
+    /* The last touch of r: once resumed, it may be finished and freed. */
+    MHD_resume_connection(r->conn);
+}
+
+static struct spool_event *
+event_from(const struct req *r, const struct batch_event *bev, size_t index,
+           size_t count, double now)
+{
+    struct spool_event *ev = xcalloc(1, sizeof(*ev));
+
+    ev->received_at = now;
+    ev->type = xstrdup(bev->type);
+    ev->contact = xstrdup(bev->contact);
+    ev->webhook_id = r->webhook_id ? xstrdup(r->webhook_id) : NULL;
+    ev->request_id = r->request_id ? xstrdup(r->request_id) : NULL;
+    ev->remote_addr = xstrdup(r->remote);
+    ev->batch_index = (int)index;
+    ev->batch_size = (int)count;
+    ev->json = xstrndup(bev->json, bev->len);
+    ev->len = bev->len;
+    return ev;
+}
+
+/* The body is complete: parse, store, then answer. */
+static enum MHD_Result
+on_complete(struct req *r)
+{
+    struct server *srv = r->srv;
+    struct batch b;
+    struct gerr err;
+    double now;
+
+    switch (atomic_load(&r->stage)) {
+    case REQ_STORED:
+        atomic_fetch_sub(&srv->waiting, 1);
+        return reply(r, MHD_HTTP_OK, srv->r_ok);
+    case REQ_FAILED:
+        atomic_fetch_sub(&srv->waiting, 1);
+        return reply(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_503);
+    case REQ_WAITING:
+        return MHD_YES;     /* a spurious wake-up; stay suspended */
+    default:
+        break;
+    }
+    if (r->too_large)
+        return reply(r, MHD_HTTP_CONTENT_TOO_LARGE, srv->r_413);
+    if (batch_parse(&b, r->body, r->len, &err) != 0) {
+        r->body = NULL;
+        batch_free(&b);
+        return reply_error(r, MHD_HTTP_BAD_REQUEST, err.msg);
+    }
+    r->body = NULL;     /* now b's */
+    r->events = b.n;
+    if (b.n == 0) {
+        batch_free(&b);
+        return reply(r, MHD_HTTP_OK, srv->r_ok);
+    }
+    if (b.n > GRWHD_BATCH_NOMINAL) {
+        struct log_line l;
+        if (log_begin(&l, LOG_WARN, "batch larger than GetResponse sends")) {
+            log_int(&l, "events", (long long)b.n);
+            log_str(&l, "remote", r->remote);
+            log_end(&l);
+        }
+    }
+    if (b.repaired)
+        log_msg_str(LOG_WARN, "invalid UTF-8 replaced by U+FFFD", "remote",
+                    r->remote);
+    now = util_now();
+    r->job.ev = xcalloc(b.n, sizeof(*r->job.ev));
+    r->job.n = b.n;
+    for (size_t i = 0; i < b.n; i++)
+        r->job.ev[i] = event_from(r, &b.ev[i], i, b.n, now);
+    batch_free(&b);
+    r->job.done = on_stored;
+    r->job.arg = r;
+
+    /* Suspend first: the intake may finish before submit returns. */
+    atomic_store(&r->stage, REQ_WAITING);
+    atomic_fetch_add(&srv->waiting, 1);
+    MHD_suspend_connection(r->conn);
+    if (intake_submit(srv->conf.intake, &r->job) != 0) {
+        log_msg_str(LOG_WARN, "spool backlog full, answering 503", "remote",
+                    r->remote);
+        atomic_store(&r->stage, REQ_FAILED);
+        MHD_resume_connection(r->conn);
+        return MHD_YES;
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result
+on_request(void *cls, struct MHD_Connection *conn, const char *url,
+           const char *method, const char *version, const char *upload,
+           size_t *upload_size, void **con_cls)
+{
+    struct req *r = *con_cls;
+
+    (void)version;
+    if (r == NULL) {
+        r = req_new(cls, conn, url, method);
+        *con_cls = r;
+        return on_headers(r, url, method);
+    }
+    if (*upload_size > 0) {
+        enum MHD_Result rc = on_body(r, upload, *upload_size);
+        *upload_size = 0;
+        return rc;
+    }
+    return on_complete(r);
+}
+
+static void
+on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+             enum MHD_RequestTerminationCode toe)
+{
+    struct server *srv = cls;
+    struct req *r = *con_cls;
+    struct log_line l;
+
+    (void)conn;
+    (void)srv;
+    if (r == NULL)
+        return;
+    if (log_begin(&l, r->status >= 500 || r->status == 0 ? LOG_WARN
+                                                         : LOG_INFO,
+                  "request")) {
+        log_str(&l, "method", r->method);
+        log_str(&l, "path", r->path);
+        log_int(&l, "status", r->status);
+        log_int(&l, "events", (long long)r->events);
+        log_int(&l, "bytes", (long long)(r->len + r->discarded));
+        log_num(&l, "ms", (util_mono() - r->t0) * 1000.0);
+        log_str(&l, "remote", r->remote);
+        if (r->webhook_id)
+            log_str(&l, "webhook_id", r->webhook_id);
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+            log_str(&l, "aborted",
+                    toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "timeout"
+                    : toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT  ? "client"
+                                                                  : "error");
+        log_end(&l);
+    }
+    req_free(r);
+    *con_cls = NULL;
+}
+
+static void
+mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char buf[512];
+    size_t n;
+
+    (void)cls;
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    n = strlen(buf);
+    while (n > 0 && buf[n - 1] == '\n')
+        buf[--n] = '\0';
+    log_msg_str(LOG_DEBUG, "http", "detail", buf);
+}
+
+int
+server_parse_addr(const char *text, struct sockaddr_storage *ss,
+                  struct gerr *err)
+{
+    char host[128];
+    const char *colon;
+    char *end;
+    unsigned long port;
+    size_t hl;
+
+    memset(ss, 0, sizeof(*ss));
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (close == NULL || close[1] != ':')
+            goto bad;
+        hl = (size_t)(close - text - 1);
+        if (hl >= sizeof(host))
+            goto bad;
+        memcpy(host, text + 1, hl);
+        colon = close + 1;
+    } else {
+        colon = strrchr(text, ':');
+        if (colon == NULL)
+            goto bad;
+        hl = (size_t)(colon - text);
+        if (hl >= sizeof(host))
+            goto bad;
+        memcpy(host, text, hl);
+    }
+    host[hl] = '\0';
+    errno = 0;
+    port = strtoul(colon + 1, &end, 10);
+    if (errno != 0 || *end != '\0' || colon[1] == '\0' || port > 65535)
+        goto bad;
+    if (text[0] == '[') {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1)
+            goto bad;
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host[0] ? host : "0.0.0.0", &s4->sin_addr) != 1)
+            goto bad;
+    }
+    return 0;
+bad:
+    gerr_set(err, "bad address '%s' (want ADDR:PORT or [ADDR]:PORT)", text);
+    return -1;
+}
+
+static char *
+read_file(const char *path, struct gerr *err)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    long n;
+
+    if (f == NULL) {
+        gerr_set(err, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 ||
+        n > 1024 * 1024 || fseek(f, 0, SEEK_SET) != 0) {
+        gerr_set(err, "%s: cannot read (or larger than 1 MiB)", path);
+        fclose(f);
+        return NULL;
+    }
+    buf = xmalloc((size_t)n + 1);
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        gerr_set(err, "%s: short read", path);
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static int
+make_responses(struct server *s)
+{
+    s->r_ok = json_response(ok_body, sizeof(ok_body) - 1,
+                            MHD_RESPMEM_PERSISTENT);
+    s->r_403 = error_response("forbidden");
+    s->r_404 = error_response("not found");
+    s->r_405 = error_response("method not allowed; use POST");
+    s->r_413 = error_response("body too large");
+    s->r_503 = error_response("cannot store events now; retry later");
+    if (!s->r_ok || !s->r_403 || !s->r_404 || !s->r_405 || !s->r_413 ||
+        !s->r_503)
+        return -1;
+    MHD_add_response_header(s->r_405, MHD_HTTP_HEADER_ALLOW, "POST");
+    MHD_add_response_header(s->r_413, MHD_HTTP_HEADER_CONNECTION, "close");
+    MHD_add_response_header(s->r_503, MHD_HTTP_HEADER_RETRY_AFTER,
+                            GRWHD_RETRY_AFTER);
+    return 0;
+}
+
+static void
+free_responses(struct server *s)
+{
+    struct MHD_Response *all[] = {s->r_ok,  s->r_403, s->r_404,
+                                  s->r_405, s->r_413, s->r_503};
+
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        if (all[i] != NULL)
+            MHD_destroy_response(all[i]);
+}
+
+struct server *
+server_start(const struct server_conf *conf, struct gerr *err)
+{
+    struct server *s = xcalloc(1, sizeof(*s));
+    struct sockaddr_storage ss;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    struct MHD_OptionItem opts[16];
+    int n = 0;
+
+    s->conf = *conf;
+    atomic_init(&s->waiting, 0);
+    if (server_parse_addr(conf->listen, &ss, err) != 0)
+        goto fail;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    if (make_responses(s) != 0) {
+        gerr_set(err, "cannot build responses");
+        goto fail;
+    }
+    if (conf->tls_cert != NULL) {
+        s->cert_pem = read_file(conf->tls_cert, err);
+        if (s->cert_pem == NULL)
+            goto fail;
+        s->key_pem = read_file(conf->tls_key, err);
+        if (s->key_pem == NULL)
+            goto fail;
+        flags |= MHD_USE_TLS;
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
+                                            s->cert_pem};
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0,
+                                            s->key_pem};
+        opts[n++] = (struct MHD_OptionItem){
+            MHD_OPTION_HTTPS_PRIORITIES, 0,
+            (void *)"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"};
+    }
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &ss};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE,
+                                        conf->threads, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
+                                        conf->max_conns, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                        conf->max_conns_per_ip, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
+                                        conf->conn_timeout, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED,
+                                        (intptr_t)on_completed, s};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
+                                        (intptr_t)mhd_log, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
+                                        NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
+                              MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    if (s->mhd == NULL) {
+        gerr_set(err, "cannot listen on %s (in use, or bad TLS files?)",
+                 conf->listen);
+        goto fail;
+    }
+    return s;
+fail:
+    free_responses(s);
+    free(s->cert_pem);
+    free(s->key_pem);
+    free(s);
+    return NULL;
+}
+
+void
+server_stop(struct server *s, double wait_s)
+{
+    double until = util_mono() + wait_s;
+    MHD_socket fd;
+
+    if (s == NULL)
+        return;
+    fd = MHD_quiesce_daemon(s->mhd);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    while (atomic_load(&s->waiting) > 0 && util_mono() < until)
+        usleep(10 * 1000);
+    MHD_stop_daemon(s->mhd);
+    free_responses(s);
+    free(s->cert_pem);
+    free(s->key_pem);
+    free(s);
+}

@@ -1,0 +1,41 @@
+/* server.h - the webhook listener (libmicrohttpd, HTTPS with GnuTLS). */
+#ifndef GRWHD_SERVER_H
+#define GRWHD_SERVER_H
+
+#include <stddef.h>
+
+#include "auth.h"
+#include "util.h"
+
+struct intake;
+
+struct server_conf {
+    const char *listen;         /* "ADDR:PORT" or "[ADDR]:PORT" */
+    const char *tls_cert;       /* PEM paths; both or neither */
+    const char *tls_key;
+    const char *path;           /* NULL: any path is the webhook */
+    const char *secret_param;
+    const struct auth *auth;
+    size_t max_body;
+    unsigned threads;           /* polling threads */
+    unsigned max_conns;
+    unsigned max_conns_per_ip;
+    unsigned conn_timeout;      /* seconds a connection may stay idle */
+    struct intake *intake;
+};
+
+struct server;
+
+struct server *server_start(const struct server_conf *conf, struct gerr *err);
+/*
+ * Stops accepting, waits (at most wait_s) for requests whose events are
+ * being stored, then closes every connection.
+ */
+void server_stop(struct server *s, double wait_s);
+
+/* Parses "ADDR:PORT" / "[ADDR]:PORT" into a socket address. */
+struct sockaddr_storage;
+int server_parse_addr(const char *text, struct sockaddr_storage *ss,
+                      struct gerr *err);
+
+#endif

@@ -1,0 +1,301 @@
+/* spool.c - the durable event store (SQLite in WAL mode). */
+#include "spool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#define SPOOL_SCHEMA_VERSION 1
+
+struct spool {
+    sqlite3 *db;
+    int lock_fd;
+    sqlite3_stmt *begin, *commit, *rollback, *insert, *finish, *load;
+};
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS events ("
+    " id INTEGER PRIMARY KEY,"
+    " received_at REAL NOT NULL,"
+    " type TEXT NOT NULL,"
+    " contact TEXT NOT NULL,"
+    " webhook_id TEXT,"
+    " request_id TEXT,"
+    " remote_addr TEXT,"
+    " batch_index INTEGER NOT NULL,"
+    " batch_size INTEGER NOT NULL,"
+    " state INTEGER NOT NULL DEFAULT 0,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " last_error TEXT,"
+    " finished_at REAL,"
+    " json TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS events_pending ON events(id)"
+    " WHERE state = 0;";
+
+static int
+prepare(struct spool *s, const char *sql, sqlite3_stmt **st)
+{
+    return sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st,
+                              NULL) == SQLITE_OK ? 0 : -1;
+}
+
+/*
+ * A second writer on one spool would interleave ids and double-dispatch
+ * events, so the daemon holds an exclusive lock on a file beside it.
+ */
+static int
+take_lock(struct spool *s, const char *path, struct gerr *err)
+{
+    char lp[4096];
+
+    if (snprintf(lp, sizeof(lp), "%s.lock", path) >= (int)sizeof(lp)) {
+        gerr_set(err, "spool path too long");
+        return -1;
+    }
+    s->lock_fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (s->lock_fd < 0) {
+        gerr_set(err, "%s: %s", lp, strerror(errno));
+        return -1;
+    }
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        gerr_set(err, "%s: %s", path,
+                 errno == EWOULDBLOCK ? "in use by another grwhd"
+                                      : strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+struct spool *
+spool_open(const char *path, struct gerr *err)
+{
+    struct spool *s = xcalloc(1, sizeof(*s));
+    char *msg = NULL;
+
+    s->lock_fd = -1;
+    if (take_lock(s, path, err) != 0)
+        goto fail;
+    if (sqlite3_open_v2(path, &s->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                            SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        gerr_set(err, "%s: %s", path,
+                 s->db ? sqlite3_errmsg(s->db) : "cannot open");
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->db, 2000);
+    /*
+     * WAL with synchronous=FULL: a COMMIT returns only after the WAL is
+     * fsynced, which is what lets an acknowledgement promise durability.
+     */
+    if (sqlite3_exec(s->db,
+                     "PRAGMA journal_mode=WAL;"
+                     "PRAGMA synchronous=FULL;"
+                     "PRAGMA foreign_keys=OFF;",
+                     NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(s->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+        gerr_set(err, "%s: %s", path, msg ? msg : sqlite3_errmsg(s->db));
+        sqlite3_free(msg);
+        goto fail;
+    }
+    if (prepare(s, "BEGIN IMMEDIATE", &s->begin) ||
+        prepare(s, "COMMIT", &s->commit) ||
+        prepare(s, "ROLLBACK", &s->rollback) ||
+        prepare(s,
+                "INSERT INTO events (received_at, type, contact, webhook_id,"
+                " request_id, remote_addr, batch_index, batch_size, json)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                &s->insert) ||
+        prepare(s,
+                "UPDATE events SET state = ?2, attempts = attempts + 1,"
+                " last_error = ?3, finished_at = ?4 WHERE id = ?1",
+                &s->finish) ||
+        prepare(s,
+                "SELECT id, received_at, type, contact, webhook_id,"
+                " request_id, remote_addr, batch_index, batch_size, attempts,"
+                " json FROM events WHERE state = 0 AND id > ? ORDER BY id"
+                " LIMIT ?",
+                &s->load)) {
+        gerr_set(err, "%s: %s", path, sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    return s;
+fail:
+    spool_close(s);
+    return NULL;
+}
+
+void
+spool_close(struct spool *s)
+{
+    if (s == NULL)
+        return;
+    sqlite3_finalize(s->begin);
+    sqlite3_finalize(s->commit);
+    sqlite3_finalize(s->rollback);
+    sqlite3_finalize(s->insert);
+    sqlite3_finalize(s->finish);
+    sqlite3_finalize(s->load);
+    sqlite3_close(s->db);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+    free(s);
+}
+
+static int
+step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int
+spool_begin(struct spool *s)
+{
+    return step_done(s->begin);
+}
+
+int
+spool_commit(struct spool *s)
+{
+    return step_done(s->commit);
+}
+
+void
+spool_rollback(struct spool *s)
+{
+    (void)step_done(s->rollback);
+}
+
+static void
+bind_text(sqlite3_stmt *st, int i, const char *v)
+{
+    if (v == NULL)
+        sqlite3_bind_null(st, i);
+    else
+        sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC);
+}
+
+int
+spool_insert(struct spool *s, struct spool_event *ev)
+{
+    sqlite3_stmt *st = s->insert;
+    int rc;
+
+    sqlite3_bind_double(st, 1, ev->received_at);
+    bind_text(st, 2, ev->type);
+    bind_text(st, 3, ev->contact);
+    bind_text(st, 4, ev->webhook_id);
+    bind_text(st, 5, ev->request_id);
+    bind_text(st, 6, ev->remote_addr);
+    sqlite3_bind_int(st, 7, ev->batch_index);
+    sqlite3_bind_int(st, 8, ev->batch_size);
+    sqlite3_bind_text(st, 9, ev->json, (int)ev->len, SQLITE_STATIC);
+    rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    if (rc == 0)
+        ev->id = sqlite3_last_insert_rowid(s->db);
+    return rc;
+}
+
+int
+spool_finish(struct spool *s, int64_t id, bool ok, const char *error)
+{
+    sqlite3_stmt *st = s->finish;
+    int rc;
+
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int(st, 2, ok ? SPOOL_DONE : SPOOL_FAILED);
+    bind_text(st, 3, ok ? NULL : error);
+    sqlite3_bind_double(st, 4, util_now());
+    rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+static char *
+col_text(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+
+    return t ? xstrndup((const char *)t, (size_t)sqlite3_column_bytes(st, i))
+             : NULL;
+}
+
+int
+spool_load(struct spool *s, int64_t after, int limit, spool_load_fn fn,
+           void *arg)
+{
+    sqlite3_stmt *st = s->load;
+    int n = 0, rc;
+
+    sqlite3_bind_int64(st, 1, after);
+    sqlite3_bind_int(st, 2, limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct spool_event *ev = xcalloc(1, sizeof(*ev));
+
+        ev->id = sqlite3_column_int64(st, 0);
+        ev->received_at = sqlite3_column_double(st, 1);
+        ev->type = col_text(st, 2);
+        ev->contact = col_text(st, 3);
+        ev->webhook_id = col_text(st, 4);
+        ev->request_id = col_text(st, 5);
+        ev->remote_addr = col_text(st, 6);
+        ev->batch_index = sqlite3_column_int(st, 7);
+        ev->batch_size = sqlite3_column_int(st, 8);
+        ev->attempts = sqlite3_column_int(st, 9);
+        ev->json = col_text(st, 10);
+        ev->len = (size_t)sqlite3_column_bytes(st, 10);
+        if (fn(arg, ev) != 0) {
+            spool_event_free(ev);
+            break;
+        }
+        n++;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? n : -1;
+}
+
+int64_t
+spool_count(struct spool *s, enum spool_state state)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t n = -1;
+
+    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM events WHERE state = ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int(st, 1, state);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+const char *
+spool_errmsg(struct spool *s)
+{
+    return sqlite3_errmsg(s->db);
+}
+
+void
+spool_event_free(struct spool_event *ev)
+{
+    if (ev == NULL)
+        return;
+    free(ev->type);
+    free(ev->contact);
+    free(ev->webhook_id);
+    free(ev->request_id);
+    free(ev->remote_addr);
+    free(ev->json);
+    free(ev);
+}
