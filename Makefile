@@ -69,7 +69,9 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/dev-run.sh
 
-test: unit e2e
+# Installs what is missing, then runs the unit and end-to-end tests.
+test: deps
+	@$(MAKE) --no-print-directory unit e2e
 
 unit: $(UNIT)
 	$(UNIT)
@@ -78,7 +80,7 @@ e2e: $(BIN)
 	GRWHD_BIN=$(abspath $(BIN)) python3 tests/e2e/run.py
 
 # The same tests under AddressSanitizer and UndefinedBehaviorSanitizer.
-sanitize:
+sanitize: deps
 	$(MAKE) --no-print-directory BUILD=build/san WERROR=$(WERROR) \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
 	  -fno-sanitize-recover=undefined" unit e2e

@@ -67,7 +67,8 @@ static const struct opt opts[] = {
      "idle time before a connection is closed (default 15)"},
     {"log-level", OPT_LEVEL, 0, 0, 0, "LEVEL",
      "debug, info, warn or error (default info)"},
-    {"log-format", OPT_FORMAT, 0, 0, 0, "FORMAT", "text or json (default text)"},
+    {"log-format", OPT_FORMAT, 0, 0, 0, "FORMAT",
+     "text or json (default text)"},
     {"help", OPT_FLAG, OFF(help), 0, 0, NULL, "this text"},
     {"version", OPT_FLAG, OFF(version), 0, 0, NULL, "print the version"},
 };

@@ -40,6 +40,25 @@ hash_str(const char *s)
     return h;
 }
 
+/* A failure is logged here, where its fate is decided; success at debug. */
+static void
+log_outcome(const struct spool_event *ev, bool ok, const char *error,
+            double seconds)
+{
+    struct log_line l;
+
+    if (!log_begin(&l, ok ? LOG_DEBUG : LOG_WARN,
+                   ok ? "handled" : "handler failed"))
+        return;
+    log_int(&l, "spool_id", (long long)ev->id);
+    log_int(&l, "attempt", ev->attempts + 1);
+    log_str(&l, "type", ev->type);
+    log_num(&l, "ms", seconds * 1000.0);
+    if (!ok)
+        log_str(&l, "error", error);
+    log_end(&l);
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -49,6 +68,7 @@ worker_main(void *arg)
     for (;;) {
         struct spool_event *ev;
         struct gerr err;
+        double t0;
         bool ok;
 
         pthread_mutex_lock(&w->mu);
@@ -64,7 +84,9 @@ worker_main(void *arg)
         pthread_mutex_unlock(&w->mu);
 
         err.msg[0] = '\0';
+        t0 = util_mono();
         ok = lrt_call(w->rt, ev, &err) == 0;
+        log_outcome(ev, ok, err.msg, util_mono() - t0);
         d->conf.done(d->conf.done_arg, ev, ok, ok ? NULL : err.msg);
     }
     return NULL;

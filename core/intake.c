@@ -24,12 +24,13 @@ struct intake {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    pthread_cond_t ack;     /* the thread took a new dispatch pointer */
+    pthread_cond_t ack;     /* dispatch pointer taken, or work finished */
     /* Guarded by mu. */
     struct intake_job *jobs, **jobs_tail;
     struct completion *done;
     struct dispatch *dispatch;
     bool dispatch_changed;
+    bool busy;              /* the thread is working on taken jobs */
     bool stop;
     int64_t backlog;
     /* Intake thread only. */
@@ -143,6 +144,7 @@ intake_main(void *arg)
         if (in->stop && in->jobs == NULL && in->done == NULL &&
             !in->dispatch_changed)
             break;
+        in->busy = true;
         jobs = in->jobs;
         in->jobs = NULL;
         in->jobs_tail = &in->jobs;
@@ -195,6 +197,8 @@ intake_main(void *arg)
         if (in->overflow && in->active != NULL)
             refill(in);
         pthread_mutex_lock(&in->mu);
+        in->busy = false;
+        pthread_cond_broadcast(&in->ack);
     }
     pthread_mutex_unlock(&in->mu);
     return NULL;
@@ -270,6 +274,15 @@ intake_complete(void *arg, struct spool_event *ev, bool ok, const char *error)
     c->next = in->done;
     in->done = c;
     pthread_cond_signal(&in->cv);
+    pthread_mutex_unlock(&in->mu);
+}
+
+void
+intake_flush(struct intake *in)
+{
+    pthread_mutex_lock(&in->mu);
+    while (in->jobs != NULL || in->busy)
+        pthread_cond_wait(&in->ack, &in->mu);
     pthread_mutex_unlock(&in->mu);
 }
 

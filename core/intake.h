@@ -49,6 +49,8 @@ int intake_submit(struct intake *in, struct intake_job *job);
 /* Records an attempt's outcome (a dispatch_done_fn); takes ev. */
 void intake_complete(void *in, struct spool_event *ev, bool ok,
                      const char *error);
+/* Returns once every job submitted so far has had its done call. */
+void intake_flush(struct intake *in);
 /* Events stored and not yet finished. */
 int64_t intake_backlog(struct intake *in);
 /* Commits what is queued, then stops the thread and closes the spool. */

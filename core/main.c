@@ -167,6 +167,8 @@ serve(struct config *c)
     rc = 0;
 out:
     server_stop(srv, GRWHD_DRAIN_SECONDS);
+    intake_flush(in);
+    server_free(srv);
     intake_set_dispatch(in, NULL);
     dispatch_stop(d);
     {

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -28,12 +29,20 @@
 #define GRWHD_LOG_PATH_MAX 512
 /* Suggested wait for a client told 503, in seconds. */
 #define GRWHD_RETRY_AFTER "10"
+/*
+ * GetResponse gives up on an answer after 5 s and then retries; a request
+ * still waiting for the spool this long after its headers is told 503
+ * first, so the sender always hears something it will retry.
+ */
+#define GRWHD_ACK_BUDGET 4.0
+#define GRWHD_WATCHDOG_TICK_US (50 * 1000)
 
 enum req_stage {
     REQ_NEW,
     REQ_WAITING,        /* suspended until the intake has stored the job */
     REQ_STORED,
     REQ_FAILED,
+    REQ_LATE,           /* the budget ran out before the spool answered */
 };
 
 struct server {
@@ -41,7 +50,13 @@ struct server {
     struct MHD_Daemon *mhd;
     char *cert_pem, *key_pem;
     struct MHD_Response *r_ok, *r_403, *r_404, *r_405, *r_413, *r_503;
-    atomic_int waiting;     /* requests suspended on the intake */
+    /* Requests suspended on the intake, oldest first; the watchdog
+     * answers those past the budget. */
+    pthread_mutex_t wait_mu;
+    struct req *wait_head, *wait_tail;
+    pthread_t watchdog;
+    bool watchdog_started;
+    atomic_bool stopping;
 };
 
 struct req {
@@ -57,6 +72,10 @@ struct req {
     size_t events;
     struct intake_job job;
     atomic_int stage;
+    /* One reference for libmicrohttpd, one for the intake while it holds
+     * the job: whichever lets go last frees the request. */
+    atomic_int refs;
+    struct req *wait_prev, *wait_next;
     char *webhook_id, *request_id;
     char remote[INET6_ADDRSTRLEN];
     char path[GRWHD_LOG_PATH_MAX];
@@ -161,6 +180,7 @@ req_new(struct server *srv, struct MHD_Connection *conn, const char *url,
     r->t0 = util_mono();
     r->method = method;
     atomic_init(&r->stage, REQ_NEW);
+    atomic_init(&r->refs, 1);
     snprintf(r->path, sizeof(r->path), "%s", url);
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_query_key, r);
     ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -177,8 +197,10 @@ req_new(struct server *srv, struct MHD_Connection *conn, const char *url,
 }
 
 static void
-req_free(struct req *r)
+req_unref(struct req *r)
 {
+    if (atomic_fetch_sub(&r->refs, 1) != 1)
+        return;
     /* The intake clears the slots of the events it took. */
     for (size_t i = 0; r->job.ev != NULL && i < r->job.n; i++)
         spool_event_free(r->job.ev[i]);
@@ -246,16 +268,69 @@ on_body(struct req *r, const char *data, size_t n)
     return MHD_YES;
 }
 
+static void
+wait_unlink(struct server *srv, struct req *r)
+{
+    if (r->wait_prev)
+        r->wait_prev->wait_next = r->wait_next;
+    else
+        srv->wait_head = r->wait_next;
+    if (r->wait_next)
+        r->wait_next->wait_prev = r->wait_prev;
+    else
+        srv->wait_tail = r->wait_prev;
+    r->wait_prev = r->wait_next = NULL;
+}
+
+/*
+ * Moves r out of REQ_WAITING and wakes its connection, unless the watchdog
+ * (or the intake) already did: a connection is resumed exactly once.
+ */
+static void
+wake(struct server *srv, struct req *r, int stage)
+{
+    int expect = REQ_WAITING;
+
+    pthread_mutex_lock(&srv->wait_mu);
+    if (atomic_compare_exchange_strong(&r->stage, &expect, stage)) {
+        wait_unlink(srv, r);
+        MHD_resume_connection(r->conn);
+    }
+    pthread_mutex_unlock(&srv->wait_mu);
+}
+
 /* Runs on the intake thread: the events are stored (or not). */
 static void
 on_stored(struct intake_job *job)
 {
     struct req *r = job->arg;
 
-    atomic_store(&r->stage,
-                 job->result == INTAKE_STORED ? REQ_STORED : REQ_FAILED);
-    /* The last touch of r: once resumed, it may be finished and freed. */
-    MHD_resume_connection(r->conn);
+    wake(r->srv, r, job->result == INTAKE_STORED ? REQ_STORED : REQ_FAILED);
+    req_unref(r);
+}
+
+static void *
+watchdog_main(void *arg)
+{
+    struct server *srv = arg;
+
+    while (!atomic_load(&srv->stopping)) {
+        double late = util_mono() - GRWHD_ACK_BUDGET;
+
+        pthread_mutex_lock(&srv->wait_mu);
+        while (srv->wait_head != NULL && srv->wait_head->t0 < late) {
+            struct req *r = srv->wait_head;
+            int expect = REQ_WAITING;
+
+            wait_unlink(srv, r);
+            if (atomic_compare_exchange_strong(&r->stage, &expect,
+                                               REQ_LATE))
+                MHD_resume_connection(r->conn);
+        }
+        pthread_mutex_unlock(&srv->wait_mu);
+        usleep(GRWHD_WATCHDOG_TICK_US);
+    }
+    return NULL;
 }
 
 static struct spool_event *
@@ -288,10 +363,12 @@ on_complete(struct req *r)
 
     switch (atomic_load(&r->stage)) {
     case REQ_STORED:
-        atomic_fetch_sub(&srv->waiting, 1);
         return reply(r, MHD_HTTP_OK, srv->r_ok);
     case REQ_FAILED:
-        atomic_fetch_sub(&srv->waiting, 1);
+        return reply(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_503);
+    case REQ_LATE:
+        log_msg_str(LOG_WARN, "spool too slow, answering 503 within the "
+                    "budget", "remote", r->remote);
         return reply(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_503);
     case REQ_WAITING:
         return MHD_YES;     /* a spurious wake-up; stay suspended */
@@ -332,15 +409,22 @@ on_complete(struct req *r)
     r->job.arg = r;
 
     /* Suspend first: the intake may finish before submit returns. */
+    pthread_mutex_lock(&srv->wait_mu);
     atomic_store(&r->stage, REQ_WAITING);
-    atomic_fetch_add(&srv->waiting, 1);
+    r->wait_prev = srv->wait_tail;
+    if (srv->wait_tail)
+        srv->wait_tail->wait_next = r;
+    else
+        srv->wait_head = r;
+    srv->wait_tail = r;
     MHD_suspend_connection(r->conn);
+    pthread_mutex_unlock(&srv->wait_mu);
+    atomic_fetch_add(&r->refs, 1);      /* the intake's */
     if (intake_submit(srv->conf.intake, &r->job) != 0) {
         log_msg_str(LOG_WARN, "spool backlog full, answering 503", "remote",
                     r->remote);
-        atomic_store(&r->stage, REQ_FAILED);
-        MHD_resume_connection(r->conn);
-        return MHD_YES;
+        atomic_fetch_sub(&r->refs, 1);
+        wake(srv, r, REQ_FAILED);
     }
     return MHD_YES;
 }
@@ -397,7 +481,7 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                                                                   : "error");
         log_end(&l);
     }
-    req_free(r);
+    req_unref(r);
     *con_cls = NULL;
 }
 
@@ -539,7 +623,8 @@ server_start(const struct server_conf *conf, struct gerr *err)
     int n = 0;
 
     s->conf = *conf;
-    atomic_init(&s->waiting, 0);
+    pthread_mutex_init(&s->wait_mu, NULL);
+    atomic_init(&s->stopping, false);
     if (server_parse_addr(conf->listen, &ss, err) != 0)
         goto fail;
     if (ss.ss_family == AF_INET6)
@@ -587,6 +672,12 @@ server_start(const struct server_conf *conf, struct gerr *err)
                  conf->listen);
         goto fail;
     }
+    if (pthread_create(&s->watchdog, NULL, watchdog_main, s) != 0) {
+        MHD_stop_daemon(s->mhd);
+        gerr_set(err, "cannot start watchdog thread");
+        goto fail;
+    }
+    s->watchdog_started = true;
     return s;
 fail:
     free_responses(s);
@@ -607,9 +698,31 @@ server_stop(struct server *s, double wait_s)
     fd = MHD_quiesce_daemon(s->mhd);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
-    while (atomic_load(&s->waiting) > 0 && util_mono() < until)
+    for (;;) {
+        bool idle;
+
+        pthread_mutex_lock(&s->wait_mu);
+        idle = s->wait_head == NULL;
+        pthread_mutex_unlock(&s->wait_mu);
+        if (idle || util_mono() >= until)
+            break;
         usleep(10 * 1000);
+    }
+    atomic_store(&s->stopping, true);
+    if (s->watchdog_started)
+        pthread_join(s->watchdog, NULL);
     MHD_stop_daemon(s->mhd);
+    s->mhd = NULL;
+}
+
+void
+server_free(struct server *s)
+{
+    if (s == NULL)
+        return;
+    if (s->mhd != NULL)
+        server_stop(s, 0);
+    pthread_mutex_destroy(&s->wait_mu);
     free_responses(s);
     free(s->cert_pem);
     free(s->key_pem);

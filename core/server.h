@@ -29,9 +29,11 @@ struct server;
 struct server *server_start(const struct server_conf *conf, struct gerr *err);
 /*
  * Stops accepting, waits (at most wait_s) for requests whose events are
- * being stored, then closes every connection.
+ * being stored, then closes every connection.  The intake may still hold
+ * jobs of this server: flush it before server_free.
  */
 void server_stop(struct server *s, double wait_s);
+void server_free(struct server *s);
 
 /* Parses "ADDR:PORT" / "[ADDR]:PORT" into a socket address. */
 struct sockaddr_storage;

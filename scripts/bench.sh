@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# bench.sh - grwhd beside its peers, loaded by the same wrk in the same run.
+#
+# Uses the peer rig (run-peers.sh, BENCH_DIR, by default ../shared/bench
+# beside this repository).  Prints the rig's table, then grwhd's own
+# figures: events *handled* per second (read back from the spool: an ack
+# rate the workers cannot follow is a backlog, not throughput), p99 under
+# paced load, and the ratios to nginx+Lua that the targets are set in.
+#   DURATION=5 make bench          shorter rows
+#   PEERS="nginx-lua grwhd" make bench
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+BENCH_DIR=${BENCH_DIR:-$root/../shared/bench}
+[[ -x $BENCH_DIR/run-peers.sh ]] || {
+    echo "bench: no peer rig at $BENCH_DIR (set BENCH_DIR)" >&2
+    exit 1
+}
+"$root/scripts/install-deps.sh" --bench
+
+out=$(mktemp -d /tmp/grwhd-bench.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+export GRWHD_CMD="$root/grwhd --listen 127.0.0.1:{port} --secret {secret} \
+--script {bench}/grwhd/handler.lua --spool {tmp}/spool.db --workers {workers}"
+export KEEP=1
+
+# handled RUN_DIR: events/s the handlers finished during the batch100 row,
+# from the first to the last finish recorded in that row's spool.
+handled() {
+    local db=$1/grwhd-batch100/spool.db
+    [[ -f $db ]] || { echo "- - -"; return; }
+    sqlite3 -separator ' ' "$db" "SELECT
+        count(*) FILTER (WHERE state = 1),
+        (SELECT count(*) FROM events WHERE state = 0),
+        CASE WHEN max(finished_at) > min(finished_at)
+        THEN round(count(*) FILTER (WHERE state = 1) /
+                   (max(finished_at) - min(finished_at)))
+        ELSE 0 END
+        FROM events WHERE state = 1"
+}
+
+echo "== flat out: single and batch100"
+RUN_DIR=$out/flat OUT=$out/flat.tsv "$BENCH_DIR/run-peers.sh" || true
+echo
+echo "== paced: RATE=1000, single"
+RUN_DIR=$out/paced OUT=$out/paced.tsv RATE=1000 PAYLOADS=single \
+    PEERS="${PACED_PEERS:-nginx-lua node grwhd}" \
+    "$BENCH_DIR/run-peers.sh" || true
+
+read -r done_n left_n handled_eps <<<"$(handled "$out/flat")"
+echo
+echo "== grwhd"
+awk -F'\t' -v handled="$handled_eps" -v done_n="$done_n" \
+    -v left_n="$left_n" -v paced="$out/paced.tsv" '
+    FNR == 1 { next }
+    { rps[$1 "/" $2] = $3; eps[$1 "/" $2] = $4; idle[$1] = $9 }
+    END {
+        while ((getline line < paced) > 0) {
+            split(line, f, "\t")
+            if (f[1] == "grwhd") p99 = f[6]
+            if (f[1] == "nginx-lua") np99 = f[6]
+        }
+        g1 = rps["grwhd/single"]; n1 = rps["nginx-lua/single"]
+        gb = eps["grwhd/batch100"]; nb = eps["nginx-lua/batch100"]
+        printf "single req/s            %s (nginx-lua %s, ratio %.2f, target >= 0.30)\n",
+            g1, n1, n1 ? g1 / n1 : 0
+        printf "batch100 acked events/s %s (nginx-lua %s, ratio %.2f)\n",
+            gb, nb, nb ? gb / nb : 0
+        printf "batch100 handled ev/s   %s (ratio %.2f, target >= 0.40); handled %s, left in spool at stop %s\n",
+            handled, nb ? handled / nb : 0, done_n, left_n
+        printf "p99 ack at ~1000 req/s  %s ms (nginx-lua %s ms; target < 5 ms)\n",
+            p99, np99
+        printf "idle RSS                %s MiB (target < 20 MiB)\n",
+            idle["grwhd"]
+    }' "$out/flat.tsv"

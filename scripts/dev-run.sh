@@ -1,0 +1,31 @@
+#!/bin/sh
+# dev-run.sh - serve examples/handler.lua over HTTPS on 127.0.0.1:8080 with a
+# development certificate and secret, and say how to post a fixture to it.
+set -eu
+cd "$(dirname "$0")/.."
+
+dev=.dev
+mkdir -p "$dev"
+if [ ! -s "$dev/cert.pem" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -days 365 -subj /CN=127.0.0.1 \
+        -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+        -keyout "$dev/key.pem" -out "$dev/cert.pem" 2>/dev/null
+fi
+listen=${GRWHD_LISTEN:-127.0.0.1:8080}
+secret="dev-secret"
+cat >&2 <<MSG
+
+grwhd is starting on https://$listen with the development secret '$secret'.
+In another terminal, post a fixture:
+
+  curl --cacert $PWD/$dev/cert.pem -H 'Content-Type: application/json' \\
+    --data-binary @$PWD/tests/fixtures/contact_added.json \\
+    'https://$listen/webhook?secret=$secret'
+
+A batch: use tests/fixtures/batch.json.  Ctrl-C stops grwhd.
+
+MSG
+exec ./grwhd --script examples/handler.lua --listen "$listen" \
+    --tls-cert "$dev/cert.pem" --tls-key "$dev/key.pem" \
+    --secret "$secret" --spool "$dev/spool.db"
