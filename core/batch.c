@@ -231,6 +231,32 @@ batch_parse(struct batch *b, char *body, size_t len, struct gerr *err)
     return push_event(b, &cap, i, end, false, err);
 }
 
+size_t
+batch_compact(const char *s, size_t len, char *out)
+{
+    size_t o = 0;
+    bool in_str = false;
+
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+
+        if (in_str) {
+            out[o++] = c;
+            if (c == '\\' && i + 1 < len)
+                out[o++] = s[++i];
+            else if (c == '"')
+                in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+            out[o++] = c;
+        } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+            out[o++] = c;
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
 void
 batch_free(struct batch *b)
 {

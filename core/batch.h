@@ -36,4 +36,11 @@ struct batch {
 int batch_parse(struct batch *b, char *body, size_t len, struct gerr *err);
 void batch_free(struct batch *b);
 
+/*
+ * Copies the JSON text s[0..len) to out (len + 1 bytes) without the white
+ * space between tokens, NUL-terminated; returns the new length.  Stored
+ * events are compact: GetResponse pretty-prints, which doubles the bytes.
+ */
+size_t batch_compact(const char *s, size_t len, char *out);
+
 #endif

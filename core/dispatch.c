@@ -85,7 +85,7 @@ worker_main(void *arg)
 
         err.msg[0] = '\0';
         t0 = util_mono();
-        ok = lrt_call(w->rt, ev, &err) == 0;
+        ok = lrt_call(w->rt, ev, &err) >= 0;
         log_outcome(ev, ok, err.msg, util_mono() - t0);
         d->conf.done(d->conf.done_arg, ev, ok, ok ? NULL : err.msg);
     }

@@ -110,7 +110,7 @@ hand_over(struct intake *in, struct intake_job *job)
 static int
 write_all(struct intake *in, struct intake_job *jobs, struct completion *cs)
 {
-    if (spool_begin(in->spool) != 0)
+    if (spool_begin(in->spool, jobs != NULL) != 0)
         return -1;
     for (struct intake_job *j = jobs; j; j = j->next)
         for (size_t i = 0; i < j->n; i++)

@@ -181,12 +181,24 @@ out:
     return rc;
 }
 
-static void
-print_type(void *arg, const char *name)
-{
-    int *n = arg;
+struct names {
+    char **v;
+    size_t n;
+};
 
-    printf("%s%s", (*n)++ ? " " : "", name);
+static void
+add_name(void *arg, const char *name)
+{
+    struct names *ns = arg;
+
+    ns->v = xrealloc(ns->v, (ns->n + 1) * sizeof(*ns->v));
+    ns->v[ns->n++] = xstrdup(name);
+}
+
+static int
+cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
 static int
@@ -195,16 +207,22 @@ check(struct config *c)
     struct gerr err;
     struct lrt_conf lc = lua_conf(c);
     struct lrt *rt = lrt_new(&lc, 0, &err);
-    int n = 0;
+    struct names ns = {0};
 
     if (rt == NULL) {
         fprintf(stderr, "grwhd: %s\n", err.msg);
         return 1;
     }
-    printf("%s: ok; handles: ", c->script);
-    lrt_types(rt, print_type, &n);
-    printf("%s\n", n ? "" : "(nothing)");
+    lrt_types(rt, add_name, &ns);
     lrt_free(rt);
+    qsort(ns.v, ns.n, sizeof(*ns.v), cmp_name);
+    printf("%s: ok; handles:", c->script);
+    for (size_t i = 0; i < ns.n; i++) {
+        printf(" %s", ns.v[i]);
+        free(ns.v[i]);
+    }
+    printf("%s\n", ns.n ? "" : " nothing");
+    free(ns.v);
     return 0;
 }
 
@@ -278,9 +296,9 @@ feed_one(struct lrt *rt, const char *path, int64_t *next_id)
         int rc = lrt_call(rt, &ev, &err);
         double ms = (util_mono() - t0) * 1000.0;
 
-        if (rc == 0) {
-            printf("ok   %s #%zu type=%s %.3f ms\n", path, i + 1,
-                   ev.type[0] ? ev.type : "\"\"", ms);
+        if (rc >= 0) {
+            printf("%s %s #%zu type=%s %.3f ms\n", rc == 0 ? "ok  " : "skip",
+                   path, i + 1, ev.type[0] ? ev.type : "\"\"", ms);
         } else {
             printf("FAIL %s #%zu type=%s %.3f ms\n%s\n", path, i + 1,
                    ev.type[0] ? ev.type : "\"\"", ms, err.msg);

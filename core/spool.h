@@ -39,7 +39,13 @@ struct spool;
 struct spool *spool_open(const char *path, struct gerr *err);
 void spool_close(struct spool *s);
 
-int spool_begin(struct spool *s);
+/*
+ * A durable transaction's COMMIT returns after the WAL is fsynced.  One
+ * that only records outcomes need not be: losing it on power loss runs
+ * those events again, which at-least-once delivery allows, and the next
+ * durable commit syncs it anyway.
+ */
+int spool_begin(struct spool *s, bool durable);
 int spool_commit(struct spool *s);
 void spool_rollback(struct spool *s);
 

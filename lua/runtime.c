@@ -306,13 +306,16 @@ l_run_event(lua_State *L)
     if (type[0] == '\0' || reserved_name(type) ||
         lua_getfield(L, 1, type) != LUA_TFUNCTION) {
         lua_settop(L, 1);
-        if (lua_getfield(L, 1, "default") != LUA_TFUNCTION)
-            return 0;                   /* nothing handles this type */
+        if (lua_getfield(L, 1, "default") != LUA_TFUNCTION) {
+            lua_pushboolean(L, 0);      /* nothing handles this type */
+            return 1;
+        }
     }                                                   /* H fn */
     convert_decode(L, ev->json, ev->len);               /* H fn ev */
     push_meta(L, ev);                                   /* H fn ev meta */
     lua_call(L, 2, 0);
-    return 0;
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 int
@@ -330,7 +333,9 @@ lrt_call(struct lrt *rt, const struct spool_event *ev, struct gerr *err)
     lua_pushcfunction(L, l_run_event);
     lua_pushlightuserdata(L, rt);
     lua_pushlightuserdata(L, (void *)ev);
-    rc = lrt_pcall(L, 2, 0, err);
+    rc = lrt_pcall(L, 2, 1, err);
+    if (rc == 0 && !lua_toboolean(L, -1))
+        rc = 1;
     if (rt->conf.handler_timeout > 0) {
         lua_sethook(L, NULL, 0, 0);
         rt->deadline = 0;

@@ -29,8 +29,9 @@ struct lrt *lrt_new(const struct lrt_conf *conf, int worker,
 void lrt_free(struct lrt *rt);
 
 /*
- * Runs the handler for ev (its type's function, else default; no handler
- * is success).  Returns 0, or -1 with the error and traceback in err.
+ * Runs the handler for ev (its type's function, else default).  Returns 0
+ * when it returned, 1 when no function takes the type (also a success),
+ * or -1 with the error and traceback in err.
  */
 int lrt_call(struct lrt *rt, const struct spool_event *ev, struct gerr *err);
 

@@ -16,6 +16,15 @@ BENCH_DIR=${BENCH_DIR:-$root/../shared/bench}
     exit 1
 }
 "$root/scripts/install-deps.sh" --bench
+# A writable copy of the rig: its node peer installs its packages in place.
+rig=$root/build/bench-rig
+if [[ ! -d $rig ]] || [[ $BENCH_DIR/run-peers.sh -nt $rig/run-peers.sh ]]; then
+    rm -rf "$rig"
+    mkdir -p "$rig"
+    cp -R "$BENCH_DIR"/. "$rig"/
+    chmod -R u+w "$rig"
+fi
+BENCH_DIR=$rig
 
 out=$(mktemp -d /tmp/grwhd-bench.XXXXXX)
 trap 'rm -rf "$out"' EXIT
