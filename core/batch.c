@@ -1,12 +1,35 @@
 /* batch.c - a request body turned into the events it carries. */
 #include "batch.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <cJSON.h>
+/*
+ * One pass over the body checks the JSON grammar, writes each event's text
+ * without the white space between tokens, and picks out the two members
+ * the core needs (type, contact.contactId), so the request path touches
+ * every byte once and allocates nothing per JSON node.
+ */
 
 static const char replacement[3] = {'\xef', '\xbf', '\xbd'};
+
+enum want {
+    WANT_NONE,
+    WANT_EVENT,         /* an event object: look for type and contact */
+    WANT_CONTACT,       /* its contact object: look for contactId */
+};
+
+struct scan {
+    const char *s;
+    size_t len, pos;
+    char *out;          /* compact copy; never longer than the input */
+    size_t o;
+    struct gerr *err;
+    /* Spans in out of the current event's captured strings. */
+    size_t type_at, type_len, contact_at, contact_len;
+    bool has_type, has_contact;
+};
 
 /*
  * Returns a copy of s in which every byte that does not belong to a valid
@@ -36,225 +59,444 @@ utf8_repair(const char *s, size_t len, size_t *out_len)
     return out;
 }
 
-static size_t
-skip_ws(const char *s, size_t i, size_t len)
+static int
+fail(struct scan *sc, const char *what)
 {
-    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' ||
-                       s[i] == '\r'))
-        i++;
-    return i;
+    gerr_set(sc->err, "body is not valid JSON (%s at byte %zu)", what,
+             sc->pos + 1);
+    return -1;
 }
 
-/*
- * Finds the end of the value that starts at s[i]: brackets are matched,
- * strings skipped.  Only the extent is found here; cJSON checks the
- * grammar afterwards.  Returns the offset just past the value, or 0.
- */
-static size_t
-value_end(const char *s, size_t i, size_t len, struct gerr *err)
+static void
+skip_ws(struct scan *sc)
 {
-    int depth = 0;
-
-    if (s[i] != '{' && s[i] != '[') {
-        while (i < len && strchr(" \t\r\n,]}", s[i]) == NULL)
-            i++;
-        return i;
+    while (sc->pos < sc->len) {
+        char c = sc->s[sc->pos];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
+            return;
+        sc->pos++;
     }
-    for (; i < len; i++) {
-        char c = s[i];
+}
 
-        if (c == '"') {
-            for (i++; i < len && s[i] != '"'; i++)
-                if (s[i] == '\\')
-                    i++;
-            if (i >= len)
+static bool
+is_hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+           (c >= 'A' && c <= 'F');
+}
+
+/* A string, copied as it is (escapes kept); *at is where its body starts. */
+static int
+scan_string(struct scan *sc, size_t *at, size_t *n)
+{
+    const char *s = sc->s;
+
+    sc->out[sc->o++] = '"';
+    sc->pos++;
+    *at = sc->o;
+    for (;;) {
+        size_t start = sc->pos;
+        unsigned char c = 0;
+
+        /* Plain bytes in bulk: the common case by far. */
+        while (sc->pos < sc->len) {
+            c = (unsigned char)s[sc->pos];
+            if (c == '"' || c == '\\' || c < 0x20)
                 break;
-        } else if (c == '{' || c == '[') {
-            if (++depth > GRWHD_JSON_DEPTH_MAX) {
-                gerr_set(err, "JSON nests deeper than %d levels",
-                         GRWHD_JSON_DEPTH_MAX);
-                return 0;
-            }
-        } else if (c == '}' || c == ']') {
-            if (--depth == 0)
-                return i + 1;
+            sc->pos++;
+        }
+        memcpy(sc->out + sc->o, s + start, sc->pos - start);
+        sc->o += sc->pos - start;
+        if (sc->pos >= sc->len)
+            return fail(sc, "unterminated string");
+        if (c == '"')
+            break;
+        if (c < 0x20)
+            return fail(sc, "control character in string");
+        if (sc->pos + 1 >= sc->len)
+            return fail(sc, "unterminated string");
+        c = (unsigned char)s[sc->pos + 1];
+        if (c == 'u') {
+            if (sc->pos + 6 > sc->len || !is_hex(s[sc->pos + 2]) ||
+                !is_hex(s[sc->pos + 3]) || !is_hex(s[sc->pos + 4]) ||
+                !is_hex(s[sc->pos + 5]))
+                return fail(sc, "bad \\u escape");
+            memcpy(sc->out + sc->o, s + sc->pos, 6);
+            sc->o += 6;
+            sc->pos += 6;
+        } else if (strchr("\"\\/bfnrt", (char)c) != NULL && c != '\0') {
+            sc->out[sc->o++] = '\\';
+            sc->out[sc->o++] = (char)c;
+            sc->pos += 2;
+        } else {
+            return fail(sc, "bad escape");
         }
     }
-    gerr_set(err, "body is not valid JSON (unterminated)");
+    *n = sc->o - *at;
+    sc->out[sc->o++] = '"';
+    sc->pos++;
     return 0;
+}
+
+static int
+scan_number(struct scan *sc)
+{
+    const char *s = sc->s;
+    size_t start = sc->pos;
+
+#define DIGIT(i) ((i) < sc->len && s[i] >= '0' && s[i] <= '9')
+    if (sc->pos < sc->len && s[sc->pos] == '-')
+        sc->pos++;
+    if (!DIGIT(sc->pos))
+        return fail(sc, "unexpected character");
+    if (s[sc->pos] == '0') {
+        sc->pos++;
+        if (DIGIT(sc->pos))
+            return fail(sc, "leading zero");
+    } else {
+        while (DIGIT(sc->pos))
+            sc->pos++;
+    }
+    if (sc->pos < sc->len && s[sc->pos] == '.') {
+        sc->pos++;
+        if (!DIGIT(sc->pos))
+            return fail(sc, "bad number");
+        while (DIGIT(sc->pos))
+            sc->pos++;
+    }
+    if (sc->pos < sc->len && (s[sc->pos] == 'e' || s[sc->pos] == 'E')) {
+        sc->pos++;
+        if (sc->pos < sc->len && (s[sc->pos] == '+' || s[sc->pos] == '-'))
+            sc->pos++;
+        if (!DIGIT(sc->pos))
+            return fail(sc, "bad number");
+        while (DIGIT(sc->pos))
+            sc->pos++;
+    }
+#undef DIGIT
+    memcpy(sc->out + sc->o, s + start, sc->pos - start);
+    sc->o += sc->pos - start;
+    return 0;
+}
+
+static int
+scan_literal(struct scan *sc, const char *word, size_t n)
+{
+    if (sc->pos + n > sc->len || memcmp(sc->s + sc->pos, word, n) != 0)
+        return fail(sc, "unexpected character");
+    memcpy(sc->out + sc->o, word, n);
+    sc->o += n;
+    sc->pos += n;
+    return 0;
+}
+
+static int scan_value(struct scan *sc, int depth, enum want want);
+
+static bool
+key_is(const struct scan *sc, size_t at, size_t n, const char *name)
+{
+    return n == strlen(name) && memcmp(sc->out + at, name, n) == 0;
+}
+
+static int
+scan_object(struct scan *sc, int depth, enum want want)
+{
+    sc->out[sc->o++] = '{';
+    sc->pos++;
+    skip_ws(sc);
+    if (sc->pos < sc->len && sc->s[sc->pos] == '}') {
+        sc->out[sc->o++] = '}';
+        sc->pos++;
+        return 0;
+    }
+    for (;;) {
+        size_t kat, kn;
+        enum want sub = WANT_NONE;
+        bool is_type = false, is_cid = false;
+
+        skip_ws(sc);
+        if (sc->pos >= sc->len || sc->s[sc->pos] != '"')
+            return fail(sc, "expected a member name");
+        if (scan_string(sc, &kat, &kn) != 0)
+            return -1;
+        if (want == WANT_EVENT) {
+            is_type = key_is(sc, kat, kn, "type");
+            if (key_is(sc, kat, kn, "contact"))
+                sub = WANT_CONTACT;
+        } else if (want == WANT_CONTACT) {
+            is_cid = key_is(sc, kat, kn, "contactId");
+        }
+        skip_ws(sc);
+        if (sc->pos >= sc->len || sc->s[sc->pos] != ':')
+            return fail(sc, "expected ':'");
+        sc->out[sc->o++] = ':';
+        sc->pos++;
+        skip_ws(sc);
+        if ((is_type || is_cid) && sc->pos < sc->len &&
+            sc->s[sc->pos] == '"') {
+            size_t vat, vn;
+
+            if (scan_string(sc, &vat, &vn) != 0)
+                return -1;
+            if (is_type) {
+                sc->type_at = vat;
+                sc->type_len = vn;
+                sc->has_type = true;
+            } else {
+                sc->contact_at = vat;
+                sc->contact_len = vn;
+                sc->has_contact = true;
+            }
+        } else if (scan_value(sc, depth, sub) != 0) {
+            return -1;
+        }
+        skip_ws(sc);
+        if (sc->pos < sc->len && sc->s[sc->pos] == ',') {
+            sc->out[sc->o++] = ',';
+            sc->pos++;
+            continue;
+        }
+        if (sc->pos < sc->len && sc->s[sc->pos] == '}') {
+            sc->out[sc->o++] = '}';
+            sc->pos++;
+            return 0;
+        }
+        return fail(sc, "expected ',' or '}'");
+    }
+}
+
+static int
+scan_array(struct scan *sc, int depth)
+{
+    sc->out[sc->o++] = '[';
+    sc->pos++;
+    skip_ws(sc);
+    if (sc->pos < sc->len && sc->s[sc->pos] == ']') {
+        sc->out[sc->o++] = ']';
+        sc->pos++;
+        return 0;
+    }
+    for (;;) {
+        if (scan_value(sc, depth, WANT_NONE) != 0)
+            return -1;
+        skip_ws(sc);
+        if (sc->pos < sc->len && sc->s[sc->pos] == ',') {
+            sc->out[sc->o++] = ',';
+            sc->pos++;
+            continue;
+        }
+        if (sc->pos < sc->len && sc->s[sc->pos] == ']') {
+            sc->out[sc->o++] = ']';
+            sc->pos++;
+            return 0;
+        }
+        return fail(sc, "expected ',' or ']'");
+    }
+}
+
+static int
+scan_value(struct scan *sc, int depth, enum want want)
+{
+    size_t at, n;
+
+    skip_ws(sc);
+    if (sc->pos >= sc->len)
+        return fail(sc, "unexpected end");
+    switch (sc->s[sc->pos]) {
+    case '{':
+    case '[':
+        if (depth + 1 > GRWHD_JSON_DEPTH_MAX) {
+            gerr_set(sc->err, "JSON nests deeper than %d levels",
+                     GRWHD_JSON_DEPTH_MAX);
+            return -1;
+        }
+        return sc->s[sc->pos] == '{' ? scan_object(sc, depth + 1, want)
+                                     : scan_array(sc, depth + 1);
+    case '"': return scan_string(sc, &at, &n);
+    case 't': return scan_literal(sc, "true", 4);
+    case 'f': return scan_literal(sc, "false", 5);
+    case 'n': return scan_literal(sc, "null", 4);
+    default: return scan_number(sc);
+    }
+}
+
+/* A captured string's value, with its escapes undone. */
+static char *
+unescape(const char *s, size_t n)
+{
+    char *out = xmalloc(n + 1);
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '\\' || i + 1 >= n) {
+            out[o++] = s[i];
+            continue;
+        }
+        i++;
+        switch (s[i]) {
+        case 'b': out[o++] = '\b'; break;
+        case 'f': out[o++] = '\f'; break;
+        case 'n': out[o++] = '\n'; break;
+        case 'r': out[o++] = '\r'; break;
+        case 't': out[o++] = '\t'; break;
+        case 'u': {
+            /* Enough for names and ids; a surrogate becomes U+FFFD. */
+            unsigned cp = (unsigned)strtoul((char[5]){s[i + 1], s[i + 2],
+                                                      s[i + 3], s[i + 4], 0},
+                                            NULL, 16);
+            i += 4;
+            if (cp >= 0xd800 && cp <= 0xdfff)
+                cp = 0xfffd;
+            if (cp < 0x80) {
+                out[o++] = (char)(cp ? cp : '?');
+            } else if (cp < 0x800) {
+                out[o++] = (char)(0xc0 | (cp >> 6));
+                out[o++] = (char)(0x80 | (cp & 0x3f));
+            } else {
+                out[o++] = (char)(0xe0 | (cp >> 12));
+                out[o++] = (char)(0x80 | ((cp >> 6) & 0x3f));
+                out[o++] = (char)(0x80 | (cp & 0x3f));
+            }
+            break;
+        }
+        default: out[o++] = s[i];
+        }
+    }
+    out[o] = '\0';
+    return out;
 }
 
 static char *
-string_member(const cJSON *obj, const char *name)
+captured(const struct scan *sc, bool has, size_t at, size_t n)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-
-    return xstrdup(cJSON_IsString(v) ? v->valuestring : "");
+    if (!has)
+        return xstrdup("");
+    if (memchr(sc->out + at, '\\', n) == NULL)
+        return xstrndup(sc->out + at, n);
+    return unescape(sc->out + at, n);
 }
 
-/* Checks one element and fills ev from it. */
 static int
-event_fill(struct batch_event *ev, const char *s, size_t len, size_t index,
-           bool in_array, struct gerr *err)
+scan_event(struct scan *sc, struct batch *b, size_t *cap, bool in_array)
 {
-    const char *end = NULL;
-    cJSON *obj = cJSON_ParseWithLengthOpts(s, len, &end, 0);
+    size_t start = sc->o;
+    struct batch_event *ev;
 
-    if (obj == NULL || end != s + len) {
-        if (in_array)
-            gerr_set(err, "element %zu is not valid JSON", index);
-        else
-            gerr_set(err, "body is not valid JSON");
-        cJSON_Delete(obj);
-        return -1;
-    }
-    if (!cJSON_IsObject(obj)) {
-        if (in_array)
-            gerr_set(err, "element %zu is not an object", index);
-        else
-            gerr_set(err, "body is neither an object nor an array");
-        cJSON_Delete(obj);
-        return -1;
-    }
-    ev->json = s;
-    ev->len = len;
-    ev->type = string_member(obj, "type");
-    ev->contact = xstrdup("");
-    {
-        const cJSON *c = cJSON_GetObjectItemCaseSensitive(obj, "contact");
-        if (cJSON_IsObject(c)) {
-            free(ev->contact);
-            ev->contact = string_member(c, "contactId");
+    if (sc->s[sc->pos] != '{') {
+        if (!in_array) {
+            gerr_set(sc->err, "body is neither an object nor an array");
+            return -1;
         }
+        gerr_set(sc->err, "element %zu is not an object", b->n);
+        return -1;
     }
-    cJSON_Delete(obj);
-    return 0;
-}
-
-static int
-push_event(struct batch *b, size_t *cap, size_t start, size_t end,
-           bool in_array, struct gerr *err)
-{
+    sc->has_type = sc->has_contact = false;
+    if (scan_object(sc, in_array ? 2 : 1, WANT_EVENT) != 0)
+        return -1;
     if (b->n == *cap) {
         *cap = *cap ? *cap * 2 : 8;
         b->ev = xrealloc(b->ev, *cap * sizeof(*b->ev));
     }
-    if (event_fill(&b->ev[b->n], b->body + start, end - start, b->n,
-                   in_array, err) != 0)
-        return -1;
-    b->n++;
+    ev = &b->ev[b->n++];
+    ev->json = sc->out + start;
+    ev->len = sc->o - start;
+    ev->type = captured(sc, sc->has_type, sc->type_at, sc->type_len);
+    ev->contact =
+        captured(sc, sc->has_contact, sc->contact_at, sc->contact_len);
     return 0;
 }
 
-static int
-parse_array(struct batch *b, size_t i, struct gerr *err)
+static bool
+is_scalar_start(char c)
 {
-    const char *s = b->body;
-    size_t len = b->len, cap = 0;
+    return c == '"' || c == '-' || (c >= '0' && c <= '9') || c == 't' ||
+           c == 'f' || c == 'n';
+}
 
-    i = skip_ws(s, i + 1, len);
-    if (i < len && s[i] == ']')
-        return skip_ws(s, i + 1, len) == len ? 0 : -2;
-    for (;;) {
-        size_t end;
+static int
+scan_body(struct scan *sc, struct batch *b)
+{
+    size_t cap = 0;
 
-        if (i >= len) {
-            gerr_set(err, "body is not valid JSON (unterminated array)");
-            return -1;
-        }
-        if (s[i] != '{') {
-            end = value_end(s, i, len, err);
-            if (end == 0)
-                return -1;
-            gerr_set(err, "element %zu is not an object", b->n);
-            return -1;
-        }
-        end = value_end(s, i, len, err);
-        if (end == 0 || push_event(b, &cap, i, end, true, err) != 0)
-            return -1;
-        i = skip_ws(s, end, len);
-        if (i < len && s[i] == ',') {
-            i = skip_ws(s, i + 1, len);
-            continue;
-        }
-        if (i < len && s[i] == ']')
-            return skip_ws(s, i + 1, len) == len ? 0 : -2;
-        gerr_set(err, "body is not valid JSON (expected , or ] at byte %zu)",
-                 i);
+    skip_ws(sc);
+    if (sc->pos == sc->len) {
+        gerr_set(sc->err, "body is empty");
         return -1;
     }
+    if (sc->s[sc->pos] == '[') {
+        b->is_array = true;
+        sc->pos++;
+        skip_ws(sc);
+        if (sc->pos < sc->len && sc->s[sc->pos] == ']') {
+            sc->pos++;
+        } else {
+            for (;;) {
+                skip_ws(sc);
+                if (sc->pos >= sc->len)
+                    return fail(sc, "unterminated array");
+                if (scan_event(sc, b, &cap, true) != 0)
+                    return -1;
+                skip_ws(sc);
+                if (sc->pos < sc->len && sc->s[sc->pos] == ',') {
+                    sc->pos++;
+                    continue;
+                }
+                if (sc->pos < sc->len && sc->s[sc->pos] == ']') {
+                    sc->pos++;
+                    break;
+                }
+                return fail(sc, "expected ',' or ']'");
+            }
+        }
+    } else if (sc->s[sc->pos] == '{') {
+        if (scan_event(sc, b, &cap, false) != 0)
+            return -1;
+    } else if (is_scalar_start(sc->s[sc->pos])) {
+        struct gerr ignored;
+        struct gerr *keep = sc->err;
+
+        /* Say whether it was JSON at all, for a clearer 400. */
+        sc->err = &ignored;
+        if (scan_value(sc, 0, WANT_NONE) == 0) {
+            skip_ws(sc);
+            if (sc->pos == sc->len) {
+                gerr_set(keep, "body is neither an object nor an array");
+                return -1;
+            }
+        }
+        sc->err = keep;
+        gerr_set(sc->err, "body is not valid JSON");
+        return -1;
+    } else {
+        return fail(sc, "unexpected character");
+    }
+    skip_ws(sc);
+    if (sc->pos != sc->len)
+        return fail(sc, "data after the value");
+    return 0;
 }
 
 int
 batch_parse(struct batch *b, char *body, size_t len, struct gerr *err)
 {
-    size_t i, bad, end, cap = 0;
-    int rc;
+    struct scan sc;
 
     memset(b, 0, sizeof(*b));
     b->body = body;
     b->len = len;
-    bad = util_utf8_valid((const unsigned char *)body, len);
-    if (bad != len) {
+    if (util_utf8_valid((const unsigned char *)body, len) != len) {
         b->body = utf8_repair(body, len, &b->len);
         b->repaired = true;
         free(body);
     }
-    i = skip_ws(b->body, 0, b->len);
-    if (i == b->len) {
-        gerr_set(err, "body is empty");
+    memset(&sc, 0, sizeof(sc));
+    sc.s = b->body;
+    sc.len = b->len;
+    sc.out = b->compact = xmalloc(b->len + 1);
+    sc.err = err;
+    if (scan_body(&sc, b) != 0)
         return -1;
-    }
-    if (b->body[i] == '[') {
-        b->is_array = true;
-        rc = parse_array(b, i, err);
-        if (rc == -2)
-            gerr_set(err, "body is not valid JSON (data after the array)");
-        return rc == 0 ? 0 : -1;
-    }
-    if (b->body[i] != '{') {
-        /* A scalar: say whether it was JSON at all, for a clearer 400. */
-        cJSON *v = cJSON_ParseWithLength(b->body, b->len);
-
-        gerr_set(err, v ? "body is neither an object nor an array"
-                        : "body is not valid JSON");
-        cJSON_Delete(v);
-        return -1;
-    }
-    end = value_end(b->body, i, b->len, err);
-    if (end == 0)
-        return -1;
-    if (skip_ws(b->body, end, b->len) != b->len) {
-        gerr_set(err, "body is not valid JSON (data after the object)");
-        return -1;
-    }
-    return push_event(b, &cap, i, end, false, err);
-}
-
-size_t
-batch_compact(const char *s, size_t len, char *out)
-{
-    size_t o = 0;
-    bool in_str = false;
-
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-
-        if (in_str) {
-            out[o++] = c;
-            if (c == '\\' && i + 1 < len)
-                out[o++] = s[++i];
-            else if (c == '"')
-                in_str = false;
-        } else if (c == '"') {
-            in_str = true;
-            out[o++] = c;
-        } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
-            out[o++] = c;
-        }
-    }
-    out[o] = '\0';
-    return o;
+    return 0;
 }
 
 void
@@ -268,5 +510,6 @@ batch_free(struct batch *b)
     }
     free(b->ev);
     free(b->body);
+    free(b->compact);
     memset(b, 0, sizeof(*b));
 }

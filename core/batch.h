@@ -11,7 +11,8 @@
 #define GRWHD_JSON_DEPTH_MAX 64
 
 struct batch_event {
-    const char *json;   /* the element's bytes as sent, inside batch.body */
+    const char *json;   /* the element without white space between tokens,
+                           inside batch.compact (not NUL-terminated) */
     size_t len;
     char *type;         /* "" when missing or not a string */
     char *contact;      /* contact.contactId, or "" */
@@ -20,6 +21,7 @@ struct batch_event {
 struct batch {
     char *body;         /* owned; UTF-8 (invalid sequences replaced) */
     size_t len;
+    char *compact;      /* owned; the events' text, back to back */
     bool is_array;
     bool repaired;      /* invalid UTF-8 was replaced by U+FFFD */
     size_t n;
@@ -36,11 +38,5 @@ struct batch {
 int batch_parse(struct batch *b, char *body, size_t len, struct gerr *err);
 void batch_free(struct batch *b);
 
-/*
- * Copies the JSON text s[0..len) to out (len + 1 bytes) without the white
- * space between tokens, NUL-terminated; returns the new length.  Stored
- * events are compact: GetResponse pretty-prints, which doubles the bytes.
- */
-size_t batch_compact(const char *s, size_t len, char *out);
 
 #endif

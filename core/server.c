@@ -347,8 +347,8 @@ event_from(const struct req *r, const struct batch_event *bev, size_t index,
     ev->remote_addr = xstrdup(r->remote);
     ev->batch_index = (int)index;
     ev->batch_size = (int)count;
-    ev->json = xmalloc(bev->len + 1);
-    ev->len = batch_compact(bev->json, bev->len, ev->json);
+    ev->json = xstrndup(bev->json, bev->len);
+    ev->len = bev->len;
     return ev;
 }
 

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,8 @@
 #include <sqlite3.h>
 
 #define SPOOL_SCHEMA_VERSION 1
+/* WAL pages (4 KiB) after which the checkpointer is woken. */
+#define SPOOL_CHECKPOINT_PAGES 2000
 
 struct spool {
     sqlite3 *db;
@@ -19,6 +22,16 @@ struct spool {
     sqlite3_stmt *begin, *commit, *rollback, *insert, *finish, *load;
     sqlite3_stmt *sync_full, *sync_normal;
     bool durable;           /* synchronous=FULL is in force */
+    /*
+     * Checkpoints (copying the WAL into the database file) run on a thread
+     * of their own with its own connection, so the writer, which every
+     * acknowledgement waits for, never does that copy itself.
+     */
+    sqlite3 *ck_db;
+    pthread_t ck_thread;
+    bool ck_started, ck_stop, ck_due;
+    pthread_mutex_t ck_mu;
+    pthread_cond_t ck_cv;
 };
 
 /*
@@ -82,6 +95,72 @@ take_lock(struct spool *s, const char *path, struct gerr *err)
     return 0;
 }
 
+static void *
+checkpointer_main(void *arg)
+{
+    struct spool *s = arg;
+
+    pthread_mutex_lock(&s->ck_mu);
+    for (;;) {
+        while (!s->ck_due && !s->ck_stop)
+            pthread_cond_wait(&s->ck_cv, &s->ck_mu);
+        if (s->ck_stop)
+            break;
+        s->ck_due = false;
+        pthread_mutex_unlock(&s->ck_mu);
+        /* PASSIVE never blocks the writer; what it skips waits a round. */
+        sqlite3_wal_checkpoint_v2(s->ck_db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                  NULL, NULL);
+        pthread_mutex_lock(&s->ck_mu);
+    }
+    pthread_mutex_unlock(&s->ck_mu);
+    return NULL;
+}
+
+/* Runs in the writer after each commit, in place of auto-checkpoint. */
+static int
+wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    struct spool *s = arg;
+
+    (void)db;
+    (void)name;
+    if (pages >= SPOOL_CHECKPOINT_PAGES) {
+        pthread_mutex_lock(&s->ck_mu);
+        s->ck_due = true;
+        pthread_cond_signal(&s->ck_cv);
+        pthread_mutex_unlock(&s->ck_mu);
+    }
+    return SQLITE_OK;
+}
+
+static int
+start_checkpointer(struct spool *s, const char *path, struct gerr *err)
+{
+    pthread_mutex_init(&s->ck_mu, NULL);
+    pthread_cond_init(&s->ck_cv, NULL);
+    if (sqlite3_open_v2(path, &s->ck_db, SQLITE_OPEN_READWRITE, NULL) !=
+        SQLITE_OK) {
+        gerr_set(err, "%s: %s", path,
+                 s->ck_db ? sqlite3_errmsg(s->ck_db) : "cannot open");
+        return -1;
+    }
+    sqlite3_busy_timeout(s->ck_db, 1000);
+    /* A connection learns the WAL mode only when it reads the file. */
+    if (sqlite3_exec(s->ck_db, "PRAGMA journal_mode=WAL", NULL, NULL,
+                     NULL) != SQLITE_OK) {
+        gerr_set(err, "%s: %s", path, sqlite3_errmsg(s->ck_db));
+        return -1;
+    }
+    if (pthread_create(&s->ck_thread, NULL, checkpointer_main, s) != 0) {
+        gerr_set(err, "cannot start checkpoint thread");
+        return -1;
+    }
+    s->ck_started = true;
+    sqlite3_wal_hook(s->db, wal_hook, s);
+    return 0;
+}
+
 struct spool *
 spool_open(const char *path, struct gerr *err)
 {
@@ -107,6 +186,8 @@ spool_open(const char *path, struct gerr *err)
     if (sqlite3_exec(s->db,
                      "PRAGMA journal_mode=WAL;"
                      "PRAGMA synchronous=FULL;"
+                     "PRAGMA cache_size=-16384;"
+                     "PRAGMA journal_size_limit=67108864;"
                      "PRAGMA foreign_keys=OFF;",
                      NULL, NULL, &msg) != SQLITE_OK ||
         sqlite3_exec(s->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
@@ -143,6 +224,8 @@ spool_open(const char *path, struct gerr *err)
         gerr_set(err, "%s: %s", path, sqlite3_errmsg(s->db));
         goto fail;
     }
+    if (start_checkpointer(s, path, err) != 0)
+        goto fail;
     return s;
 fail:
     spool_close(s);
@@ -154,6 +237,18 @@ spool_close(struct spool *s)
 {
     if (s == NULL)
         return;
+    if (s->ck_started) {
+        pthread_mutex_lock(&s->ck_mu);
+        s->ck_stop = true;
+        pthread_cond_signal(&s->ck_cv);
+        pthread_mutex_unlock(&s->ck_mu);
+        pthread_join(s->ck_thread, NULL);
+    }
+    sqlite3_close(s->ck_db);
+    if (s->ck_started) {
+        pthread_mutex_destroy(&s->ck_mu);
+        pthread_cond_destroy(&s->ck_cv);
+    }
     sqlite3_finalize(s->sync_full);
     sqlite3_finalize(s->sync_normal);
     sqlite3_finalize(s->begin);

@@ -18,6 +18,7 @@ struct dec {
     const char *s;
     size_t len, pos;
     int depth;
+    int array_mt;       /* stack index of the array metatable */
 };
 
 static void __attribute__((noreturn))
@@ -122,8 +123,20 @@ static void
 dec_string(struct dec *d)
 {
     luaL_Buffer b;
+    size_t i;
 
     d->pos++; /* opening quote */
+    /* Most strings have no escape: push them straight from the text. */
+    for (i = d->pos; i < d->len; i++) {
+        unsigned char c = (unsigned char)d->s[i];
+        if (c == '"' || c == '\\' || c < 0x20)
+            break;
+    }
+    if (i < d->len && d->s[i] == '"') {
+        lua_pushlstring(d->L, d->s + d->pos, i - d->pos);
+        d->pos = i + 1;
+        return;
+    }
     luaL_buffinit(d->L, &b);
     for (;;) {
         size_t start = d->pos;
@@ -276,7 +289,8 @@ dec_array(struct dec *d)
     dec_enter(d);
     d->pos++;
     lua_newtable(d->L);
-    luaL_setmetatable(d->L, GRWHD_ARRAY_MT);
+    lua_pushvalue(d->L, d->array_mt);
+    lua_setmetatable(d->L, -2);
     dec_ws(d);
     if (d->pos < d->len && d->s[d->pos] == ']') {
         d->pos++;
@@ -323,10 +337,14 @@ convert_decode(lua_State *L, const char *s, size_t len)
 {
     struct dec d = {.L = L, .s = s, .len = len};
 
+    luaL_checkstack(L, 8, "JSON decode");
+    luaL_getmetatable(L, GRWHD_ARRAY_MT);
+    d.array_mt = lua_gettop(L);
     dec_value(&d);
     dec_ws(&d);
     if (d.pos != d.len)
         dec_fail(&d, "data after the value");
+    lua_remove(L, d.array_mt);
 }
 
 void
