@@ -25,6 +25,7 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -pthread -MMD -MP $(WARN) $(PKG_CFLAGS) \
 ALL_LIBS   = $(PKG_LIBS) -pthread -lm
 
 CORE_SRC = core/util.c core/log.c core/auth.c core/batch.c core/spool.c \
+           core/dedupe.c core/spoolcmd.c \
            core/intake.c core/dispatch.c core/server.c core/config.c \
            lua/convert.c lua/lib.c lua/runtime.c
 MAIN_SRC = core/main.c
@@ -43,8 +44,9 @@ UNIT     = $(BUILD)/check_grwhd
 
 all: grwhd
 
+# Renamed into place, so a running grwhd does not stop the build.
 grwhd: $(BIN)
-	cp $(BIN) $@
+	cp $(BIN) $@.tmp && mv -f $@.tmp $@
 
 $(BIN): $(CORE_OBJ) $(MAIN_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(ALL_LIBS) $(LDFLAGS)

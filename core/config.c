@@ -53,6 +53,10 @@ static const struct opt opts[] = {
      "largest request body (default 4M)"},
     {"max-attempts", OPT_INT, OFF(max_attempts), 1, 1000, "N",
      "handler attempts before an event is dead (default 8)"},
+    {"dedupe-window", OPT_SEC, OFF(dedupe_window), 0, 86400 * 30, "SEC",
+     "how long a delivery is remembered; 0 = off (default 86400)"},
+    {"keep-done", OPT_SEC, OFF(keep_done), 0, 86400 * 30, "SEC",
+     "how long handled events stay in the spool (default 3600)"},
     {"handler-timeout", OPT_SEC, OFF(handler_timeout), 0, 86400, "SEC",
      "wall time of one handler call (default 30)"},
     {"lua-memory", OPT_SIZE, OFF(lua_memory), 1L << 20, LONG_MAX, "BYTES",
@@ -69,6 +73,9 @@ static const struct opt opts[] = {
      "debug, info, warn or error (default info)"},
     {"log-format", OPT_FORMAT, 0, 0, 0, "FORMAT",
      "text or json (default text)"},
+    {"json", OPT_FLAG, OFF(json), 0, 0, NULL, "spool dead: print JSON"},
+    {"all", OPT_FLAG, OFF(all), 0, 0, NULL, "spool retry: every dead event"},
+    {"yes", OPT_FLAG, OFF(yes), 0, 0, NULL, "spool purge-dead: really"},
     {"help", OPT_FLAG, OFF(help), 0, 0, NULL, "this text"},
     {"version", OPT_FLAG, OFF(version), 0, 0, NULL, "print the version"},
 };
@@ -87,6 +94,8 @@ config_defaults(struct config *c)
     c->workers = n > 0 ? n : 1;
     c->max_body = 4L << 20;
     c->max_attempts = 8;
+    c->dedupe_window = 86400;
+    c->keep_done = 3600;
     c->handler_timeout = 30;
     c->lua_memory = 256L << 20;
     c->max_backlog = 1000000;

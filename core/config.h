@@ -25,6 +25,8 @@ struct config {
     long workers;
     long max_body;
     long max_attempts;
+    double dedupe_window;
+    double keep_done;
     double handler_timeout;
     long lua_memory;
     long max_backlog;
@@ -35,6 +37,10 @@ struct config {
     enum log_format log_format;
     bool help;
     bool version;
+    /* Flags of the spool command. */
+    bool json;
+    bool all;
+    bool yes;
     /* Arguments that are not options (payload files for feed). */
     const char **args;
     int nargs;

@@ -40,22 +40,19 @@ hash_str(const char *s)
     return h;
 }
 
-/* A failure is logged here, where its fate is decided; success at debug. */
+/* Success at debug; a failure is logged by the intake, which decides
+ * between a retry and a dead letter. */
 static void
-log_outcome(const struct spool_event *ev, bool ok, const char *error,
-            double seconds)
+log_handled(const struct spool_event *ev, double seconds)
 {
     struct log_line l;
 
-    if (!log_begin(&l, ok ? LOG_DEBUG : LOG_WARN,
-                   ok ? "handled" : "handler failed"))
+    if (!log_begin(&l, LOG_DEBUG, "handled"))
         return;
     log_int(&l, "spool_id", (long long)ev->id);
     log_int(&l, "attempt", ev->attempts + 1);
     log_str(&l, "type", ev->type);
     log_num(&l, "ms", seconds * 1000.0);
-    if (!ok)
-        log_str(&l, "error", error);
     log_end(&l);
 }
 
@@ -84,9 +81,12 @@ worker_main(void *arg)
         pthread_mutex_unlock(&w->mu);
 
         err.msg[0] = '\0';
+        if (d->conf.start != NULL)
+            d->conf.start(d->conf.done_arg, ev);
         t0 = util_mono();
         ok = lrt_call(w->rt, ev, &err) >= 0;
-        log_outcome(ev, ok, err.msg, util_mono() - t0);
+        if (ok)
+            log_handled(ev, util_mono() - t0);
         d->conf.done(d->conf.done_arg, ev, ok, ok ? NULL : err.msg);
     }
     return NULL;

@@ -16,13 +16,16 @@ struct lrt_conf;
  */
 typedef void (*dispatch_done_fn)(void *arg, struct spool_event *ev, bool ok,
                                  const char *error);
+/* Called on a worker thread just before an attempt at ev begins. */
+typedef void (*dispatch_start_fn)(void *arg, const struct spool_event *ev);
 
 struct dispatch_conf {
     int workers;
     size_t queue_cap;               /* events held in memory per worker */
     const struct lrt_conf *lua;
+    dispatch_start_fn start;        /* may be NULL */
     dispatch_done_fn done;
-    void *done_arg;
+    void *done_arg;                 /* for both */
 };
 
 struct dispatch;

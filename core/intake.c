@@ -1,33 +1,52 @@
-/* intake.c - group commit: requests' events into the spool, then to work. */
+/* intake.c - the spool's one writer: group commit, outcomes, retries. */
 #include "intake.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "dispatch.h"
 #include "log.h"
 
-/* Pending events read back per refill query. */
+/* Pending events read back per refill or due-retry query. */
 #define INTAKE_REFILL_BATCH 256
+/* Due retries are looked for at least this often, which is also how soon
+ * a `grwhd spool retry` run beside the daemon takes effect. */
+#define INTAKE_POLL_SECONDS 1.0
+#define INTAKE_PRUNE_SECONDS 10.0
+#define INTAKE_PRUNE_LIMIT 10000
+#define INTAKE_BACKOFF_BASE 1.0
+#define INTAKE_BACKOFF_CAP 600.0
+
+enum mark {
+    MARK_START,
+    MARK_DONE,
+    MARK_FAIL,
+};
 
 struct completion {
     int64_t id;
-    bool ok;
+    enum mark kind;
+    int attempts;           /* including the one this is about */
+    char *type;             /* MARK_FAIL: for the log line */
     char *error;
+    enum spool_state result;    /* what was recorded */
     struct completion *next;
 };
 
 struct intake {
     struct spool *spool;
-    int64_t max_backlog;
+    struct intake_conf conf;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_cond_t ack;     /* dispatch pointer taken, or work finished */
     /* Guarded by mu. */
     struct intake_job *jobs, **jobs_tail;
-    struct completion *done;
+    struct completion *done, **done_tail;
     struct dispatch *dispatch;
     bool dispatch_changed;
     bool busy;              /* the thread is working on taken jobs */
@@ -37,7 +56,42 @@ struct intake {
     struct dispatch *active;    /* its copy of dispatch, taken under mu */
     int64_t cursor;         /* highest id handed to dispatch */
     bool overflow;          /* pending events exist that are not in memory */
+    double next_due;        /* earliest scheduled retry (0: none) */
+    double next_poll;
+    double next_prune;
+    uint64_t rng;
 };
+
+double
+intake_backoff(int attempt, double u)
+{
+    double step = INTAKE_BACKOFF_BASE;
+
+    for (int i = 1; i < attempt && step < INTAKE_BACKOFF_CAP; i++)
+        step *= 2;
+    if (step > INTAKE_BACKOFF_CAP)
+        step = INTAKE_BACKOFF_CAP;
+    return step / 2 + u * step / 2;
+}
+
+/* xorshift64*: jitter needs spread, not secrecy. */
+static double
+next_unit(struct intake *in)
+{
+    in->rng ^= in->rng >> 12;
+    in->rng ^= in->rng << 25;
+    in->rng ^= in->rng >> 27;
+    return (double)((in->rng * 2685821657736338717ULL) >> 11) /
+           9007199254740992.0;
+}
+
+static int
+offer_one(void *arg, struct spool_event *ev)
+{
+    struct intake *in = arg;
+
+    return dispatch_offer(in->active, ev) ? 0 : 1;
+}
 
 struct refill_ctx {
     struct intake *in;
@@ -88,6 +142,44 @@ refill(struct intake *in)
     }
 }
 
+/* Hands due retries to the workers, marking them running. */
+static void
+poll_due(struct intake *in, double now)
+{
+    int n = 0;
+
+    in->next_poll = now + INTAKE_POLL_SECONDS;
+    if (spool_begin(in->spool, false) != 0)
+        return;
+    n = spool_load_due(in->spool, now, INTAKE_REFILL_BATCH, offer_one, in);
+    if (n < 0 || spool_commit(in->spool) != 0) {
+        spool_rollback(in->spool);
+        log_msg_str(LOG_ERROR, "spool retry scan failed", "error",
+                    spool_errmsg(in->spool));
+        return;
+    }
+    in->next_due = spool_next_due(in->spool);
+}
+
+static void
+prune(struct intake *in, double now)
+{
+    double keys_before = in->conf.dedupe_window > 0
+                             ? now - in->conf.dedupe_window
+                             : now;
+
+    in->next_prune = now + INTAKE_PRUNE_SECONDS;
+    if (spool_begin(in->spool, false) != 0)
+        return;
+    if (spool_prune(in->spool, now - in->conf.keep_done, keys_before,
+                    INTAKE_PRUNE_LIMIT) < 0 ||
+        spool_commit(in->spool) != 0) {
+        spool_rollback(in->spool);
+        log_msg_str(LOG_WARN, "spool prune failed", "error",
+                    spool_errmsg(in->spool));
+    }
+}
+
 static void
 hand_over(struct intake *in, struct intake_job *job)
 {
@@ -95,35 +187,151 @@ hand_over(struct intake *in, struct intake_job *job)
         struct spool_event *ev = job->ev[i];
 
         job->ev[i] = NULL;
-
-        if (job->result == INTAKE_STORED && !in->overflow &&
-            in->active != NULL && dispatch_offer(in->active, ev)) {
+        if (job->result != INTAKE_STORED || ev->id == 0) {
+            spool_event_free(ev);       /* not stored, or a repeat */
+            continue;
+        }
+        if (!in->overflow && in->active != NULL &&
+            dispatch_offer(in->active, ev)) {
             in->cursor = ev->id;
             continue;
         }
-        if (job->result == INTAKE_STORED)
-            in->overflow = true;
+        in->overflow = true;
         spool_event_free(ev);
     }
 }
 
-static int
-write_all(struct intake *in, struct intake_job *jobs, struct completion *cs)
+/* Where a failed attempt goes: a retry at *next_at, or dead. */
+static enum spool_state
+fate(struct intake *in, const struct completion *c, double now,
+     double *next_at)
 {
+    if (c->attempts >= in->conf.max_attempts)
+        return SPOOL_DEAD;
+    *next_at = now + intake_backoff(c->attempts, next_unit(in));
+    return SPOOL_SCHEDULED;
+}
+
+static int
+write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
+          double now)
+{
+    bool dedupe = in->conf.dedupe_window > 0;
+
     if (spool_begin(in->spool, jobs != NULL) != 0)
         return -1;
-    for (struct intake_job *j = jobs; j; j = j->next)
-        for (size_t i = 0; i < j->n; i++)
-            if (spool_insert(in->spool, j->ev[i]) != 0)
+    for (struct intake_job *j = jobs; j; j = j->next) {
+        j->duplicates = 0;
+        for (size_t i = 0; i < j->n; i++) {
+            struct spool_event *ev = j->ev[i];
+            int fresh = 1;
+
+            ev->id = 0;
+            if (dedupe && ev->has_key) {
+                fresh = spool_dedupe(in->spool, ev->key, now);
+                if (fresh < 0)
+                    goto fail;
+            }
+            if (fresh == 0)
+                j->duplicates++;
+            else if (spool_insert(in->spool, ev) != 0)
                 goto fail;
-    for (struct completion *c = cs; c; c = c->next)
-        if (spool_finish(in->spool, c->id, c->ok, c->error) != 0)
+        }
+    }
+    for (struct completion *c = cs; c; c = c->next) {
+        enum spool_state st = SPOOL_RUNNING;
+        double next_at = 0;
+        int rc;
+
+        if (c->kind == MARK_DONE)
+            st = SPOOL_DONE;
+        else if (c->kind == MARK_FAIL)
+            st = fate(in, c, now, &next_at);
+        rc = spool_record(in->spool, c->id, st, c->attempts, c->error,
+                          next_at);
+        if (rc != 0)
             goto fail;
+        if (st == SPOOL_SCHEDULED &&
+            (in->next_due == 0 || next_at < in->next_due))
+            in->next_due = next_at;
+        c->result = st;
+    }
     if (spool_commit(in->spool) == 0)
         return 0;
 fail:
     spool_rollback(in->spool);
     return -1;
+}
+
+/* One line per failed attempt, saying what happens next. */
+static void
+log_failure(const struct completion *c)
+{
+    struct log_line l;
+    bool retry = c->result == SPOOL_SCHEDULED;
+
+    if (!log_begin(&l, retry ? LOG_WARN : LOG_ERROR,
+                   retry ? "handler failed, will retry"
+                         : "handler failed, event is dead"))
+        return;
+    log_int(&l, "spool_id", (long long)c->id);
+    log_int(&l, "attempt", c->attempts);
+    log_str(&l, "type", c->type);
+    log_str(&l, "error", c->error);
+    log_end(&l);
+}
+
+static void
+free_completions(struct completion *c)
+{
+    while (c) {
+        struct completion *next = c->next;
+        free(c->type);
+        free(c->error);
+        free(c);
+        c = next;
+    }
+}
+
+/* Puts completions back in front of the queue after a failed write. */
+static void
+requeue(struct intake *in, struct completion *cs)
+{
+    struct completion *last = cs;
+
+    while (last->next)
+        last = last->next;
+    last->next = in->done;
+    if (in->done == NULL)
+        in->done_tail = &last->next;
+    in->done = cs;
+}
+
+static void
+wait_for_work(struct intake *in)
+{
+    while (in->jobs == NULL && in->done == NULL && !in->stop &&
+           !in->dispatch_changed) {
+        double until = 0;
+        struct timespec ts;
+
+        if (in->active != NULL) {
+            until = in->next_poll;
+            if (in->next_due > 0 && in->next_due < until)
+                until = in->next_due;
+            if (in->next_prune < until)
+                until = in->next_prune;
+        }
+        if (until == 0) {
+            pthread_cond_wait(&in->cv, &in->mu);
+            continue;
+        }
+        if (until <= util_now())
+            return;
+        ts.tv_sec = (time_t)until;
+        ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
+        pthread_cond_timedwait(&in->cv, &in->mu, &ts);
+    }
 }
 
 static void *
@@ -136,11 +344,10 @@ intake_main(void *arg)
         struct intake_job *jobs, *next;
         struct completion *cs;
         int64_t stored = 0, finished = 0;
+        double now;
         int rc;
 
-        while (in->jobs == NULL && in->done == NULL && !in->stop &&
-               !in->dispatch_changed)
-            pthread_cond_wait(&in->cv, &in->mu);
+        wait_for_work(in);
         if (in->stop && in->jobs == NULL && in->done == NULL &&
             !in->dispatch_changed)
             break;
@@ -150,6 +357,7 @@ intake_main(void *arg)
         in->jobs_tail = &in->jobs;
         cs = in->done;
         in->done = NULL;
+        in->done_tail = &in->done;
         if (in->dispatch_changed) {
             in->dispatch_changed = false;
             in->active = in->dispatch;
@@ -158,27 +366,28 @@ intake_main(void *arg)
         }
         pthread_mutex_unlock(&in->mu);
 
-        rc = (jobs || cs) ? write_all(in, jobs, cs) : 0;
+        now = util_now();
+        rc = (jobs || cs) ? write_all(in, jobs, cs, now) : 0;
         if (rc != 0)
             log_msg_str(LOG_ERROR, "spool write failed", "error",
                         spool_errmsg(in->spool));
         for (struct intake_job *j = jobs; j; j = j->next) {
             j->result = rc == 0 ? INTAKE_STORED : INTAKE_FAILED;
             if (rc == 0)
-                stored += (int64_t)j->n;
+                stored += (int64_t)(j->n - j->duplicates);
         }
-        for (struct completion *c = cs; c; c = c->next)
-            finished++;
+        for (struct completion *c = cs; rc == 0 && c; c = c->next) {
+            if (c->result == SPOOL_DONE || c->result == SPOOL_DEAD)
+                finished++;
+            if (c->kind == MARK_FAIL)
+                log_failure(c);
+        }
 
         pthread_mutex_lock(&in->mu);
-        in->backlog += stored - (rc == 0 ? finished : 0);
+        in->backlog += stored - finished;
         if (rc != 0 && cs != NULL) {
             /* Keep the outcomes for the next try rather than lose them. */
-            struct completion *last = cs;
-            while (last->next)
-                last = last->next;
-            last->next = in->done;
-            in->done = cs;
+            requeue(in, cs);
             cs = NULL;
         }
         pthread_mutex_unlock(&in->mu);
@@ -188,14 +397,17 @@ intake_main(void *arg)
             hand_over(in, j);
             j->done(j);     /* j may be gone after this */
         }
-        while (cs) {
-            struct completion *c = cs;
-            cs = c->next;
-            free(c->error);
-            free(c);
+        free_completions(cs);
+        if (in->active != NULL) {
+            if (in->overflow)
+                refill(in);
+            now = util_now();
+            if (now >= in->next_poll ||
+                (in->next_due > 0 && now >= in->next_due))
+                poll_due(in, now);
+            if (now >= in->next_prune)
+                prune(in, now);
         }
-        if (in->overflow && in->active != NULL)
-            refill(in);
         pthread_mutex_lock(&in->mu);
         in->busy = false;
         pthread_cond_broadcast(&in->ack);
@@ -205,19 +417,24 @@ intake_main(void *arg)
 }
 
 struct intake *
-intake_start(struct spool *s, int64_t max_backlog, struct gerr *err)
+intake_start(struct spool *s, const struct intake_conf *conf,
+             struct gerr *err)
 {
     struct intake *in = xcalloc(1, sizeof(*in));
 
     in->spool = s;
-    in->max_backlog = max_backlog;
+    in->conf = *conf;
     in->jobs_tail = &in->jobs;
-    in->backlog = spool_count(s, SPOOL_PENDING);
+    in->done_tail = &in->done;
+    in->backlog = spool_backlog(s);
     if (in->backlog < 0) {
         gerr_set(err, "spool: %s", spool_errmsg(s));
         free(in);
         return NULL;
     }
+    in->next_due = spool_next_due(s);
+    in->rng = (uint64_t)(util_now() * 1e6) ^ ((uint64_t)getpid() << 32) ^
+              0x9e3779b97f4a7c15ULL;
     pthread_mutex_init(&in->mu, NULL);
     pthread_cond_init(&in->cv, NULL);
     pthread_cond_init(&in->ack, NULL);
@@ -249,7 +466,7 @@ intake_submit(struct intake *in, struct intake_job *job)
 
     job->next = NULL;
     pthread_mutex_lock(&in->mu);
-    if (in->stop || in->backlog + (int64_t)job->n > in->max_backlog) {
+    if (in->stop || in->backlog + (int64_t)job->n > in->conf.max_backlog) {
         rc = -1;
     } else {
         *in->jobs_tail = job;
@@ -260,21 +477,41 @@ intake_submit(struct intake *in, struct intake_job *job)
     return rc;
 }
 
-void
-intake_complete(void *arg, struct spool_event *ev, bool ok, const char *error)
+static void
+push_completion(struct intake *in, struct completion *c)
 {
-    struct intake *in = arg;
+    pthread_mutex_lock(&in->mu);
+    *in->done_tail = c;
+    in->done_tail = &c->next;
+    pthread_cond_signal(&in->cv);
+    pthread_mutex_unlock(&in->mu);
+}
+
+void
+intake_started(void *arg, const struct spool_event *ev)
+{
     struct completion *c = xcalloc(1, sizeof(*c));
 
     c->id = ev->id;
-    c->ok = ok;
-    c->error = error ? xstrdup(error) : NULL;
+    c->kind = MARK_START;
+    c->attempts = ev->attempts + 1;
+    push_completion(arg, c);
+}
+
+void
+intake_complete(void *arg, struct spool_event *ev, bool ok, const char *error)
+{
+    struct completion *c = xcalloc(1, sizeof(*c));
+
+    c->id = ev->id;
+    c->kind = ok ? MARK_DONE : MARK_FAIL;
+    c->attempts = ev->attempts + 1;
+    if (!ok) {
+        c->type = xstrdup(ev->type ? ev->type : "");
+        c->error = xstrdup(error ? error : "");
+    }
     spool_event_free(ev);
-    pthread_mutex_lock(&in->mu);
-    c->next = in->done;
-    in->done = c;
-    pthread_cond_signal(&in->cv);
-    pthread_mutex_unlock(&in->mu);
+    push_completion(arg, c);
 }
 
 void
@@ -307,6 +544,7 @@ intake_stop(struct intake *in)
     pthread_cond_signal(&in->cv);
     pthread_mutex_unlock(&in->mu);
     pthread_join(in->thread, NULL);
+    free_completions(in->done);
     spool_close(in->spool);
     pthread_mutex_destroy(&in->mu);
     pthread_cond_destroy(&in->cv);

@@ -1,4 +1,4 @@
-/* intake.h - group commit: requests' events into the spool, then to work. */
+/* intake.h - the spool's one writer: group commit, outcomes, retries. */
 #ifndef GRWHD_INTAKE_H
 #define GRWHD_INTAKE_H
 
@@ -26,15 +26,23 @@ struct intake_job {
     struct spool_event **ev;
     size_t n;
     enum intake_result result;
+    size_t duplicates;      /* events dropped as repeated deliveries */
     void (*done)(struct intake_job *job);
     void *arg;
     struct intake_job *next;
 };
 
+struct intake_conf {
+    int64_t max_backlog;    /* unfinished events before submits fail */
+    int max_attempts;       /* then an event is dead */
+    double dedupe_window;   /* seconds a delivery key is kept; 0 = off */
+    double keep_done;       /* seconds a done event is kept */
+};
+
 struct intake;
 
 /* Takes s; the spool is closed by intake_stop. */
-struct intake *intake_start(struct spool *s, int64_t max_backlog,
+struct intake *intake_start(struct spool *s, const struct intake_conf *conf,
                             struct gerr *err);
 /*
  * Starts feeding events (first those left pending by an earlier run) to d;
@@ -43,17 +51,26 @@ struct intake *intake_start(struct spool *s, int64_t max_backlog,
 void intake_set_dispatch(struct intake *in, struct dispatch *d);
 /*
  * Queues job for the next commit.  Returns -1 without taking the job when
- * the backlog is over its bound or the spool is failing: answer 503.
+ * the backlog is over its bound or the spool is stopping: answer 503.
  */
 int intake_submit(struct intake *in, struct intake_job *job);
+/* An attempt at ev begins (a dispatch_start_fn). */
+void intake_started(void *in, const struct spool_event *ev);
 /* Records an attempt's outcome (a dispatch_done_fn); takes ev. */
 void intake_complete(void *in, struct spool_event *ev, bool ok,
                      const char *error);
 /* Returns once every job submitted so far has had its done call. */
 void intake_flush(struct intake *in);
-/* Events stored and not yet finished. */
+/* Events stored and not yet done or dead. */
 int64_t intake_backlog(struct intake *in);
 /* Commits what is queued, then stops the thread and closes the spool. */
 void intake_stop(struct intake *in);
+
+/*
+ * Seconds before retry number `attempt` (1 after the first failure):
+ * 1 s doubling, capped at 10 min, scaled by u in [0, 1) into its upper
+ * half (jitter that never retries sooner than half the step).
+ */
+double intake_backoff(int attempt, double u);
 
 #endif

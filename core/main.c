@@ -14,6 +14,7 @@
 #include "log.h"
 #include "server.h"
 #include "spool.h"
+#include "spoolcmd.h"
 #include "../lua/runtime.h"
 
 /* Events each worker holds in memory; the rest wait in the spool. */
@@ -32,6 +33,8 @@ usage(FILE *out)
             "script, list the types it handles\n"
             "       grwhd feed --script FILE [PAYLOAD|-]... run payloads "
             "through the handlers now\n"
+            "       grwhd spool --spool FILE stats|dead [--json]|retry ID...|"
+            "retry --all|purge-dead --yes\n"
             "       grwhd --help | --version\n\noptions:\n");
     config_usage(out);
 }
@@ -96,7 +99,15 @@ serve(struct config *c)
         log_msg_str(LOG_ERROR, "cannot open spool", "error", err.msg);
         return 1;
     }
-    in = intake_start(sp, c->max_backlog, &err);
+    {
+        struct intake_conf ic = {
+            .max_backlog = c->max_backlog,
+            .max_attempts = (int)c->max_attempts,
+            .dedupe_window = c->dedupe_window,
+            .keep_done = c->keep_done,
+        };
+        in = intake_start(sp, &ic, &err);
+    }
     if (in == NULL) {
         spool_close(sp);
         log_msg_str(LOG_ERROR, "cannot start intake", "error", err.msg);
@@ -107,6 +118,7 @@ serve(struct config *c)
             .workers = (int)c->workers,
             .queue_cap = GRWHD_QUEUE_PER_WORKER,
             .lua = &lc,
+            .start = intake_started,
             .done = intake_complete,
             .done_arg = in,
         };
@@ -364,6 +376,8 @@ main(int argc, char **argv)
     } else if (c.version) {
         printf("grwhd %s\n", GRWHD_VERSION);
         rc = 0;
+    } else if (strcmp(cmd, "spool") == 0) {
+        rc = spoolcmd_run(&c);
     } else if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "check") != 0 &&
                strcmp(cmd, "feed") != 0) {
         fprintf(stderr, "grwhd: unknown command '%s' (see --help)\n", cmd);

@@ -16,6 +16,7 @@
 #include <microhttpd.h>
 
 #include "batch.h"
+#include "dedupe.h"
 #include "intake.h"
 #include "log.h"
 
@@ -349,6 +350,8 @@ event_from(const struct req *r, const struct batch_event *bev, size_t index,
     ev->batch_size = (int)count;
     ev->json = xstrndup(bev->json, bev->len);
     ev->len = bev->len;
+    ev->has_key = dedupe_key(r->webhook_id, (int)index, ev->json, ev->len,
+                             ev->key) == 0;
     return ev;
 }
 
@@ -474,6 +477,8 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         log_str(&l, "remote", r->remote);
         if (r->webhook_id)
             log_str(&l, "webhook_id", r->webhook_id);
+        if (r->status == MHD_HTTP_OK && r->job.duplicates > 0)
+            log_int(&l, "duplicates", (long long)r->job.duplicates);
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
             log_str(&l, "aborted",
                     toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "timeout"

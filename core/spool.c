@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@ struct spool {
     int lock_fd;
     sqlite3_stmt *begin, *commit, *rollback, *insert, *finish, *load;
     sqlite3_stmt *sync_full, *sync_normal;
+    sqlite3_stmt *record, *dedupe, *load_due;
     bool durable;           /* synchronous=FULL is in force */
     /*
      * Checkpoints (copying the WAL into the database file) run on a thread
@@ -58,7 +60,17 @@ static const char schema[] =
     " state INTEGER NOT NULL,"
     " attempts INTEGER NOT NULL,"
     " last_error TEXT,"
-    " finished_at REAL);"
+    " finished_at REAL,"
+    " next_at REAL);"
+    "CREATE INDEX IF NOT EXISTS outcomes_due ON outcomes (next_at)"
+    " WHERE state = 3;"
+    "CREATE INDEX IF NOT EXISTS outcomes_done ON outcomes (finished_at)"
+    " WHERE state = 1;"
+    /* Keys arrive in time order, so rowid order is age order. */
+    "CREATE TABLE IF NOT EXISTS dedupe ("
+    " seq INTEGER PRIMARY KEY,"
+    " key BLOB NOT NULL UNIQUE,"
+    " seen_at REAL NOT NULL);"
     "PRAGMA user_version = 1;";
 
 static int
@@ -211,8 +223,28 @@ spool_open(const char *path, struct gerr *err)
                 " finished_at) VALUES (?1, ?2, 1, ?3, ?4)"
                 " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
                 " attempts = attempts + 1, last_error = excluded.last_error,"
-                " finished_at = excluded.finished_at",
+                " finished_at = excluded.finished_at, next_at = NULL",
                 &s->finish) ||
+        prepare(s,
+                "INSERT INTO outcomes (id, state, attempts, last_error,"
+                " finished_at, next_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
+                " attempts = excluded.attempts,"
+                " last_error = coalesce(excluded.last_error, last_error),"
+                " finished_at = excluded.finished_at,"
+                " next_at = excluded.next_at",
+                &s->record) ||
+        prepare(s,
+                "INSERT OR IGNORE INTO dedupe (key, seen_at) VALUES (?, ?)",
+                &s->dedupe) ||
+        prepare(s,
+                "SELECT e.id, e.received_at, e.type, e.contact, e.webhook_id,"
+                " e.request_id, e.remote_addr, e.batch_index, e.batch_size,"
+                " o.attempts, e.json"
+                " FROM outcomes o JOIN events e ON e.id = o.id"
+                " WHERE o.state = 3 AND o.next_at <= ?"
+                " ORDER BY o.next_at LIMIT ?",
+                &s->load_due) ||
         prepare(s,
                 "SELECT e.id, e.received_at, e.type, e.contact, e.webhook_id,"
                 " e.request_id, e.remote_addr, e.batch_index, e.batch_size,"
@@ -224,12 +256,41 @@ spool_open(const char *path, struct gerr *err)
         gerr_set(err, "%s: %s", path, sqlite3_errmsg(s->db));
         goto fail;
     }
+    if (sqlite3_exec(s->db, "UPDATE outcomes SET state = 0 WHERE state = 4",
+                     NULL, NULL, NULL) != SQLITE_OK) {
+        gerr_set(err, "%s: %s", path, sqlite3_errmsg(s->db));
+        goto fail;
+    }
     if (start_checkpointer(s, path, err) != 0)
         goto fail;
     return s;
 fail:
     spool_close(s);
     return NULL;
+}
+
+struct spool *
+spool_open_admin(const char *path, struct gerr *err)
+{
+    struct spool *s = xcalloc(1, sizeof(*s));
+
+    s->lock_fd = -1;
+    if (access(path, F_OK) != 0) {
+        gerr_set(err, "%s: %s", path, strerror(errno));
+        free(s);
+        return NULL;
+    }
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, NULL) !=
+            SQLITE_OK ||
+        sqlite3_exec(s->db, schema, NULL, NULL, NULL) != SQLITE_OK) {
+        gerr_set(err, "%s: %s", path,
+                 s->db ? sqlite3_errmsg(s->db) : "cannot open");
+        spool_close(s);
+        return NULL;
+    }
+    /* The daemon may hold the write lock for a group commit. */
+    sqlite3_busy_timeout(s->db, 5000);
+    return s;
 }
 
 void
@@ -249,6 +310,9 @@ spool_close(struct spool *s)
         pthread_mutex_destroy(&s->ck_mu);
         pthread_cond_destroy(&s->ck_cv);
     }
+    sqlite3_finalize(s->record);
+    sqlite3_finalize(s->dedupe);
+    sqlite3_finalize(s->load_due);
     sqlite3_finalize(s->sync_full);
     sqlite3_finalize(s->sync_normal);
     sqlite3_finalize(s->begin);
@@ -333,7 +397,7 @@ spool_finish(struct spool *s, int64_t id, bool ok, const char *error)
     int rc;
 
     sqlite3_bind_int64(st, 1, id);
-    sqlite3_bind_int(st, 2, ok ? SPOOL_DONE : SPOOL_FAILED);
+    sqlite3_bind_int(st, 2, ok ? SPOOL_DONE : SPOOL_DEAD);
     bind_text(st, 3, ok ? NULL : error);
     sqlite3_bind_double(st, 4, util_now());
     rc = step_done(st);
@@ -350,57 +414,337 @@ col_text(sqlite3_stmt *st, int i)
              : NULL;
 }
 
-int
-spool_load(struct spool *s, int64_t after, int limit, spool_load_fn fn,
-           void *arg)
+/* Columns: id, received_at, type, contact, webhook_id, request_id,
+ * remote_addr, batch_index, batch_size, attempts, json. */
+static struct spool_event *
+row_event(sqlite3_stmt *st)
 {
-    sqlite3_stmt *st = s->load;
+    struct spool_event *ev = xcalloc(1, sizeof(*ev));
+
+    ev->id = sqlite3_column_int64(st, 0);
+    ev->received_at = sqlite3_column_double(st, 1);
+    ev->type = col_text(st, 2);
+    ev->contact = col_text(st, 3);
+    ev->webhook_id = col_text(st, 4);
+    ev->request_id = col_text(st, 5);
+    ev->remote_addr = col_text(st, 6);
+    ev->batch_index = sqlite3_column_int(st, 7);
+    ev->batch_size = sqlite3_column_int(st, 8);
+    ev->attempts = sqlite3_column_int(st, 9);
+    ev->json = col_text(st, 10);
+    ev->len = (size_t)sqlite3_column_bytes(st, 10);
+    return ev;
+}
+
+/* Steps st, giving each row's event to fn; see spool_load. */
+static int
+feed_rows(sqlite3_stmt *st, spool_load_fn fn, void *arg, int64_t *ids,
+          int max_ids)
+{
     int n = 0, rc;
 
-    sqlite3_bind_int64(st, 1, after);
-    sqlite3_bind_int(st, 2, limit);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct spool_event *ev = xcalloc(1, sizeof(*ev));
+        struct spool_event *ev = row_event(st);
+        int64_t id = ev->id;
 
-        ev->id = sqlite3_column_int64(st, 0);
-        ev->received_at = sqlite3_column_double(st, 1);
-        ev->type = col_text(st, 2);
-        ev->contact = col_text(st, 3);
-        ev->webhook_id = col_text(st, 4);
-        ev->request_id = col_text(st, 5);
-        ev->remote_addr = col_text(st, 6);
-        ev->batch_index = sqlite3_column_int(st, 7);
-        ev->batch_size = sqlite3_column_int(st, 8);
-        ev->attempts = sqlite3_column_int(st, 9);
-        ev->json = col_text(st, 10);
-        ev->len = (size_t)sqlite3_column_bytes(st, 10);
         if (fn(arg, ev) != 0) {
             spool_event_free(ev);
             break;
         }
+        if (ids != NULL && n < max_ids)
+            ids[n] = id;
         n++;
     }
     sqlite3_reset(st);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? n : -1;
 }
 
-int64_t
-spool_count(struct spool *s, enum spool_state state)
+int
+spool_load(struct spool *s, int64_t after, int limit, spool_load_fn fn,
+           void *arg)
+{
+    sqlite3_bind_int64(s->load, 1, after);
+    sqlite3_bind_int(s->load, 2, limit);
+    return feed_rows(s->load, fn, arg, NULL, 0);
+}
+
+/* Runs sql, binding ?1 to a (when not NAN); returns the first column of
+ * the first row as an integer, or -1. */
+static int64_t
+query_int(struct spool *s, const char *sql, double a)
 {
     sqlite3_stmt *st = NULL;
     int64_t n = -1;
 
-    if (sqlite3_prepare_v2(s->db,
-                           "SELECT count(*) FROM events e"
-                           " LEFT JOIN outcomes o ON o.id = e.id"
-                           " WHERE coalesce(o.state, 0) = ?",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
         return -1;
-    sqlite3_bind_int(st, 1, state);
+    if (a == a)
+        sqlite3_bind_double(st, 1, a);
     if (sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     return n;
+}
+
+int64_t
+spool_count(struct spool *s, enum spool_state state)
+{
+    switch (state) {
+    case SPOOL_PENDING:
+    case SPOOL_RUNNING:
+        /* Pending events have no outcome row, or state 0 or 4. */
+        return query_int(s,
+                         "SELECT (SELECT count(*) FROM events) -"
+                         " (SELECT count(*) FROM outcomes"
+                         " WHERE state IN (1, 2, 3))",
+                         NAN);
+    default:
+        return query_int(s, "SELECT count(*) FROM outcomes WHERE state = ?1",
+                         (double)state);
+    }
+}
+
+int64_t
+spool_backlog(struct spool *s)
+{
+    return query_int(s,
+                     "SELECT (SELECT count(*) FROM events) -"
+                     " (SELECT count(*) FROM outcomes WHERE state IN (1, 2))",
+                     NAN);
+}
+
+int
+spool_stats(struct spool *s, struct spool_stats *st)
+{
+    sqlite3_stmt *q = NULL;
+
+    memset(st, 0, sizeof(*st));
+    st->pending = spool_count(s, SPOOL_PENDING);
+    st->scheduled = spool_count(s, SPOOL_SCHEDULED);
+    st->dead = spool_count(s, SPOOL_DEAD);
+    st->done = spool_count(s, SPOOL_DONE);
+    if (st->pending < 0 || st->scheduled < 0 || st->dead < 0 || st->done < 0)
+        return -1;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT min(e.received_at) FROM events e"
+                           " LEFT JOIN outcomes o ON o.id = e.id"
+                           " WHERE coalesce(o.state, 0) NOT IN (1, 2)",
+                           -1, &q, NULL) != SQLITE_OK)
+        return -1;
+    if (sqlite3_step(q) == SQLITE_ROW)
+        st->oldest = sqlite3_column_double(q, 0);
+    sqlite3_finalize(q);
+    return 0;
+}
+
+int
+spool_record(struct spool *s, int64_t id, enum spool_state state,
+             int attempts, const char *error, double next_at)
+{
+    sqlite3_stmt *st = s->record;
+    int rc;
+
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int(st, 2, state);
+    sqlite3_bind_int(st, 3, attempts);
+    bind_text(st, 4, error);
+    sqlite3_bind_double(st, 5, util_now());
+    if (state == SPOOL_SCHEDULED)
+        sqlite3_bind_double(st, 6, next_at);
+    else
+        sqlite3_bind_null(st, 6);
+    rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+int
+spool_dedupe(struct spool *s, const unsigned char *key, double now)
+{
+    sqlite3_stmt *st = s->dedupe;
+    int rc;
+
+    sqlite3_bind_blob(st, 1, key, GRWHD_DEDUPE_KEY, SQLITE_STATIC);
+    sqlite3_bind_double(st, 2, now);
+    rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    if (rc != 0)
+        return -1;
+    return sqlite3_changes(s->db) > 0 ? 1 : 0;
+}
+
+int
+spool_load_due(struct spool *s, double now, int limit, spool_load_fn fn,
+               void *arg)
+{
+    int64_t ids[256];
+    int n;
+
+    if (limit > (int)(sizeof(ids) / sizeof(ids[0])))
+        limit = (int)(sizeof(ids) / sizeof(ids[0]));
+    sqlite3_bind_double(s->load_due, 1, now);
+    sqlite3_bind_int(s->load_due, 2, limit);
+    n = feed_rows(s->load_due, fn, arg, ids, limit);
+    for (int i = 0; i < n; i++) {
+        sqlite3_stmt *st = NULL;
+
+        /* Running, so neither this query nor a refill hands it out again. */
+        if (sqlite3_prepare_v2(s->db,
+                               "UPDATE outcomes SET state = 4, next_at = NULL"
+                               " WHERE id = ?",
+                               -1, &st, NULL) != SQLITE_OK)
+            return -1;
+        sqlite3_bind_int64(st, 1, ids[i]);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            sqlite3_finalize(st);
+            return -1;
+        }
+        sqlite3_finalize(st);
+    }
+    return n;
+}
+
+double
+spool_next_due(struct spool *s)
+{
+    sqlite3_stmt *st = NULL;
+    double t = 0;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT min(next_at) FROM outcomes WHERE state = 3",
+                           -1, &st, NULL) != SQLITE_OK)
+        return 0;
+    if (sqlite3_step(st) == SQLITE_ROW &&
+        sqlite3_column_type(st, 0) != SQLITE_NULL)
+        t = sqlite3_column_double(st, 0);
+    sqlite3_finalize(st);
+    return t;
+}
+
+static int
+exec_bound(struct spool *s, const char *sql, double a, int limit)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_double(st, 1, a);
+    sqlite3_bind_int(st, 2, limit);
+    rc = sqlite3_step(st) == SQLITE_DONE ? sqlite3_changes(s->db) : -1;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int
+spool_prune(struct spool *s, double done_before, double keys_before,
+            int limit)
+{
+    int a, b, c;
+
+    /* Events first, then their outcome rows: the same ids, found again. */
+    a = exec_bound(s,
+                   "DELETE FROM events WHERE id IN (SELECT id FROM outcomes"
+                   " WHERE state = 1 AND finished_at < ?1 LIMIT ?2)",
+                   done_before, limit);
+    b = exec_bound(s,
+                   "DELETE FROM outcomes WHERE id IN (SELECT id FROM outcomes"
+                   " WHERE state = 1 AND finished_at < ?1 LIMIT ?2)",
+                   done_before, limit);
+    c = exec_bound(s,
+                   "DELETE FROM dedupe WHERE seq < coalesce((SELECT seq"
+                   " FROM dedupe WHERE seen_at >= ?1 ORDER BY seq LIMIT 1),"
+                   " 9223372036854775807) AND seq <= (SELECT min(seq) + ?2"
+                   " FROM dedupe)",
+                   keys_before, limit);
+    if (a < 0 || b < 0 || c < 0)
+        return -1;
+    return a + b + c;
+}
+
+int
+spool_each_dead(struct spool *s, spool_load_fn fn, void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    int n = 0, rc;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT e.id, e.received_at, e.type, e.contact,"
+                           " e.webhook_id, e.request_id, e.remote_addr,"
+                           " e.batch_index, e.batch_size, o.attempts, e.json,"
+                           " o.last_error"
+                           " FROM outcomes o JOIN events e ON e.id = o.id"
+                           " WHERE o.state = 2 ORDER BY e.id",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct spool_event *ev = row_event(st);
+
+        ev->last_error = col_text(st, 11);
+        if (fn(arg, ev) != 0) {
+            spool_event_free(ev);
+            break;
+        }
+        n++;
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? n : -1;
+}
+
+int64_t
+spool_retry(struct spool *s, const int64_t *ids, size_t n)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t done = 0;
+    const char *sql = "UPDATE outcomes SET state = 3, next_at = 0,"
+                      " attempts = 0 WHERE state = 2 AND (?1 IS NULL OR"
+                      " id = ?1)";
+
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return -1;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        goto fail;
+    for (size_t i = 0; ids == NULL ? i < 1 : i < n; i++) {
+        if (ids == NULL)
+            sqlite3_bind_null(st, 1);
+        else
+            sqlite3_bind_int64(st, 1, ids[i]);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            goto fail;
+        done += sqlite3_changes(s->db);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    return done;
+fail:
+    sqlite3_finalize(st);
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+int64_t
+spool_purge_dead(struct spool *s)
+{
+    int64_t n;
+
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return -1;
+    if (sqlite3_exec(s->db,
+                     "DELETE FROM events WHERE id IN"
+                     " (SELECT id FROM outcomes WHERE state = 2)",
+                     NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    n = sqlite3_changes(s->db);
+    if (sqlite3_exec(s->db, "DELETE FROM outcomes WHERE state = 2", NULL,
+                     NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    return n;
+fail:
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
 }
 
 const char *
@@ -420,5 +764,6 @@ spool_event_free(struct spool_event *ev)
     free(ev->request_id);
     free(ev->remote_addr);
     free(ev->json);
+    free(ev->last_error);
     free(ev);
 }

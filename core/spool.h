@@ -8,10 +8,27 @@
 
 #include "util.h"
 
+/*
+ * An event's life: pending (no outcome yet) -> running (an attempt began)
+ * -> done, or scheduled (a retry at next_at) -> running -> ..., or dead
+ * once --max-attempts ran out.  Dead events wait for `grwhd spool retry`.
+ */
 enum spool_state {
     SPOOL_PENDING = 0,
     SPOOL_DONE = 1,
-    SPOOL_FAILED = 2,
+    SPOOL_DEAD = 2,
+    SPOOL_SCHEDULED = 3,
+    SPOOL_RUNNING = 4,
+};
+
+#define GRWHD_DEDUPE_KEY 16
+
+struct spool_stats {
+    int64_t pending;        /* waiting for a worker, or running */
+    int64_t scheduled;
+    int64_t dead;
+    int64_t done;           /* not yet pruned */
+    double oldest;          /* received_at of the oldest unfinished, or 0 */
 };
 
 /* One event as stored; every string is owned (see spool_event_free). */
@@ -28,15 +45,23 @@ struct spool_event {
     int attempts;       /* attempts already made */
     char *json;
     size_t len;
+    /* Delivery key for de-duplication (set by the receiver). */
+    bool has_key;
+    unsigned char key[GRWHD_DEDUPE_KEY];
+    /* Dead events only: the last error. */
+    char *last_error;
 };
 
 struct spool;
 
 /*
- * Opens (creating when absent) the spool at path.  Only one process may
- * write a spool at a time; a second daemon on the same file is refused.
+ * Opens (creating when absent) the spool at path for the daemon.  Only
+ * one daemon may own a spool; a second one on the same file is refused.
+ * Events left running by a crash become pending again.
  */
 struct spool *spool_open(const char *path, struct gerr *err);
+/* Opens an existing spool for the spool command, beside a running daemon. */
+struct spool *spool_open_admin(const char *path, struct gerr *err);
 void spool_close(struct spool *s);
 
 /*
@@ -51,8 +76,25 @@ void spool_rollback(struct spool *s);
 
 /* Stores ev as pending and sets ev->id.  Inside spool_begin/commit. */
 int spool_insert(struct spool *s, struct spool_event *ev);
-/* Records one finished attempt: done, or failed with its error. */
+/* Records one finished attempt: done, or dead with its error. */
 int spool_finish(struct spool *s, int64_t id, bool ok, const char *error);
+/*
+ * Sets an event's outcome: its state, the attempts made so far, the last
+ * error (NULL keeps none) and, when scheduled, the time of its retry.
+ */
+int spool_record(struct spool *s, int64_t id, enum spool_state state,
+                 int attempts, const char *error, double next_at);
+/*
+ * Remembers key at time now.  Returns 1 when it is new, 0 when it was
+ * seen already (a duplicate delivery), -1 on error.
+ */
+int spool_dedupe(struct spool *s, const unsigned char *key, double now);
+/*
+ * Deletes done events finished before done_before and delivery keys seen
+ * before keys_before, at most limit of each.  Returns how many rows went.
+ */
+int spool_prune(struct spool *s, double done_before, double keys_before,
+                int limit);
 
 /*
  * Calls fn for pending events with id > after, in id order, at most limit
@@ -64,8 +106,30 @@ typedef int (*spool_load_fn)(void *arg, struct spool_event *ev);
 int spool_load(struct spool *s, int64_t after, int limit, spool_load_fn fn,
                void *arg);
 
-/* Number of events in state, or -1. */
+/*
+ * Like spool_load, for scheduled events whose retry time is not after
+ * now, soonest first.  Each given to fn is marked running.
+ */
+int spool_load_due(struct spool *s, double now, int limit, spool_load_fn fn,
+                   void *arg);
+/* Time of the next scheduled retry, or 0 when none is scheduled. */
+double spool_next_due(struct spool *s);
+
+/* Number of events in state (pending counts running too), or -1. */
 int64_t spool_count(struct spool *s, enum spool_state state);
+/* Events neither done nor dead, or -1. */
+int64_t spool_backlog(struct spool *s);
+int spool_stats(struct spool *s, struct spool_stats *st);
+/* Calls fn for each dead event, oldest first (fn owns it). */
+int spool_each_dead(struct spool *s, spool_load_fn fn, void *arg);
+/*
+ * Schedules dead events again, now, with a fresh count of attempts: the
+ * listed ids (n of them), or every dead event when ids is NULL.  Returns
+ * how many were re-queued, or -1.
+ */
+int64_t spool_retry(struct spool *s, const int64_t *ids, size_t n);
+/* Deletes every dead event; returns how many, or -1. */
+int64_t spool_purge_dead(struct spool *s);
 
 /* The last SQLite error as text, and whether it means "no space". */
 const char *spool_errmsg(struct spool *s);
