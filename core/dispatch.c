@@ -1,9 +1,11 @@
 /* dispatch.c - worker threads, each with its own Lua state. */
 #include "dispatch.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "../lua/runtime.h"
@@ -23,6 +25,9 @@ struct worker {
 
 struct dispatch {
     struct dispatch_conf conf;
+    pthread_mutex_t exit_mu;
+    pthread_cond_t exit_cv;
+    int exited;             /* workers whose thread has returned */
     size_t next_anon;       /* spreads events that name no contact */
     struct worker *w;
 };
@@ -89,6 +94,10 @@ worker_main(void *arg)
             log_handled(ev, util_mono() - t0);
         d->conf.done(d->conf.done_arg, ev, ok, ok ? NULL : err.msg);
     }
+    pthread_mutex_lock(&d->exit_mu);
+    d->exited++;
+    pthread_cond_broadcast(&d->exit_cv);
+    pthread_mutex_unlock(&d->exit_mu);
     return NULL;
 }
 
@@ -98,6 +107,8 @@ dispatch_start(const struct dispatch_conf *conf, struct gerr *err)
     struct dispatch *d = xcalloc(1, sizeof(*d));
 
     d->conf = *conf;
+    pthread_mutex_init(&d->exit_mu, NULL);
+    pthread_cond_init(&d->exit_cv, NULL);
     d->w = xcalloc((size_t)conf->workers, sizeof(*d->w));
     for (int i = 0; i < conf->workers; i++) {
         struct worker *w = &d->w[i];
@@ -120,7 +131,7 @@ dispatch_start(const struct dispatch_conf *conf, struct gerr *err)
     }
     return d;
 fail:
-    dispatch_stop(d);
+    dispatch_stop(d, 0);
     return NULL;
 }
 
@@ -147,18 +158,38 @@ dispatch_offer(struct dispatch *d, struct spool_event *ev)
     return ok;
 }
 
-void
-dispatch_stop(struct dispatch *d)
+bool
+dispatch_stop(struct dispatch *d, double wait_s)
 {
+    int started = 0;
+
     if (d == NULL)
-        return;
+        return true;
     for (int i = 0; i < d->conf.workers; i++) {
         struct worker *w = &d->w[i];
 
+        started += w->started;
         pthread_mutex_lock(&w->mu);
         w->stop = true;
         pthread_cond_signal(&w->cv);
         pthread_mutex_unlock(&w->mu);
+    }
+    if (wait_s > 0) {
+        double until = util_now() + wait_s;
+        struct timespec ts = {.tv_sec = (time_t)until,
+                              .tv_nsec = (long)((until - (double)(time_t)
+                                                 until) * 1e9)};
+        bool late = false;
+
+        pthread_mutex_lock(&d->exit_mu);
+        while (d->exited < started && !late)
+            late = pthread_cond_timedwait(&d->exit_cv, &d->exit_mu, &ts) ==
+                   ETIMEDOUT;
+        late = d->exited < started;
+        pthread_mutex_unlock(&d->exit_mu);
+        /* A handler blocked in C past every bound: leave it running. */
+        if (late)
+            return false;
     }
     for (int i = 0; i < d->conf.workers; i++) {
         struct worker *w = &d->w[i];
@@ -173,6 +204,9 @@ dispatch_stop(struct dispatch *d)
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->cv);
     }
+    pthread_mutex_destroy(&d->exit_mu);
+    pthread_cond_destroy(&d->exit_cv);
     free(d->w);
     free(d);
+    return true;
 }

@@ -39,7 +39,11 @@ struct dispatch *dispatch_start(const struct dispatch_conf *conf,
  * that worker's queue is full.
  */
 bool dispatch_offer(struct dispatch *d, struct spool_event *ev);
-/* Lets running handlers finish, then joins; queued events are freed. */
-void dispatch_stop(struct dispatch *d);
+/*
+ * Lets running handlers finish, then joins; queued events are freed.
+ * With wait_s > 0, gives up after that long and returns false, leaving
+ * the workers (and d) alone: the caller should exit soon.
+ */
+bool dispatch_stop(struct dispatch *d, double wait_s);
 
 #endif

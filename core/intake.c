@@ -103,11 +103,13 @@ refill_one(void *arg, struct spool_event *ev)
 {
     struct refill_ctx *ctx = arg;
 
+    int64_t id = ev->id;    /* a worker may free ev once offered */
+
     if (!dispatch_offer(ctx->in->active, ev)) {
         ctx->refused = true;
         return 1;
     }
-    ctx->in->cursor = ev->id;
+    ctx->in->cursor = id;
     return 0;
 }
 
@@ -185,15 +187,16 @@ hand_over(struct intake *in, struct intake_job *job)
 {
     for (size_t i = 0; i < job->n; i++) {
         struct spool_event *ev = job->ev[i];
+        int64_t id = ev->id;    /* a worker may free ev once offered */
 
         job->ev[i] = NULL;
-        if (job->result != INTAKE_STORED || ev->id == 0) {
+        if (job->result != INTAKE_STORED || id == 0) {
             spool_event_free(ev);       /* not stored, or a repeat */
             continue;
         }
         if (!in->overflow && in->active != NULL &&
             dispatch_offer(in->active, ev)) {
-            in->cursor = ev->id;
+            in->cursor = id;
             continue;
         }
         in->overflow = true;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "batch.h"
@@ -23,6 +24,8 @@
 #define GRWHD_FEED_MAX (64L << 20)
 /* How long shutdown waits for requests whose events are being stored. */
 #define GRWHD_DRAIN_SECONDS 5.0
+/* Beyond --handler-timeout, how long shutdown waits for a handler. */
+#define GRWHD_STOP_GRACE 5.0
 
 static void
 usage(FILE *out)
@@ -182,7 +185,13 @@ out:
     intake_flush(in);
     server_free(srv);
     intake_set_dispatch(in, NULL);
-    dispatch_stop(d);
+    if (!dispatch_stop(d, c->handler_timeout + GRWHD_STOP_GRACE)) {
+        /* Their events stay running in the spool and run again later. */
+        log_msg(LOG_WARN, "handlers still running past their timeout; "
+                          "exiting without them");
+        intake_flush(in);
+        _exit(rc);
+    }
     {
         int64_t left = intake_backlog(in);
         intake_stop(in);

@@ -13,10 +13,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cJSON.h>
 #include <microhttpd.h>
 
 #include "batch.h"
 #include "dedupe.h"
+#include "legacy.h"
 #include "intake.h"
 #include "log.h"
 
@@ -28,6 +30,8 @@
 /* Delivery ids longer than this are not GetResponse's: not kept. */
 #define GRWHD_ID_MAX 200
 #define GRWHD_LOG_PATH_MAX 512
+/* Query parameters a legacy callback may carry; it sends about a dozen. */
+#define GRWHD_LEGACY_PARAMS 64
 /* Suggested wait for a client told 503, in seconds. */
 #define GRWHD_RETRY_AFTER "10"
 /*
@@ -212,6 +216,47 @@ req_unref(struct req *r)
     free(r);
 }
 
+struct params {
+    struct legacy_param p[GRWHD_LEGACY_PARAMS];
+    size_t n;
+};
+
+static enum MHD_Result
+add_param(void *cls, enum MHD_ValueKind kind, const char *key,
+          const char *value)
+{
+    struct params *ps = cls;
+
+    (void)kind;
+    if (ps->n == GRWHD_LEGACY_PARAMS)
+        return MHD_NO;
+    ps->p[ps->n].key = key;
+    ps->p[ps->n].value = value ? value : "";
+    ps->n++;
+    return MHD_YES;
+}
+
+/*
+ * A legacy callback carries everything in its query string: the event
+ * built from it becomes the request's body, and the rest of the request
+ * goes the way of a POSTed object.
+ */
+static enum MHD_Result
+on_legacy(struct req *r)
+{
+    struct params ps = {.n = 0};
+    char *text;
+
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, add_param, &ps);
+    text = legacy_event(ps.p, ps.n, r->srv->conf.secret_param, util_now());
+    if (text == NULL)
+        return reply_error(r, MHD_HTTP_BAD_REQUEST, "empty action");
+    r->len = strlen(text);
+    r->body = xstrndup(text, r->len);
+    cJSON_free(text);
+    return MHD_YES;
+}
+
 /* First call: headers are in, no body byte has been read. */
 static enum MHD_Result
 on_headers(struct req *r, const char *url, const char *method)
@@ -220,11 +265,14 @@ on_headers(struct req *r, const char *url, const char *method)
     const char *given, *cl;
     size_t given_len = 0;
 
+    bool legacy;
+
     if (srv->conf.path != NULL && strcmp(url, srv->conf.path) != 0)
         return reply(r, MHD_HTTP_NOT_FOUND, srv->r_404);
-    /* XXX(legacy callbacks): a GET with an action parameter is refused
-     * like any other GET until callback mapping exists. */
-    if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+    legacy = strcmp(method, MHD_HTTP_METHOD_GET) == 0 &&
+             MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND,
+                                         "action") != NULL;
+    if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 && !legacy)
         return reply(r, MHD_HTTP_METHOD_NOT_ALLOWED, srv->r_405);
     if (!auth_open(srv->conf.auth)) {
         given = NULL;
@@ -241,6 +289,8 @@ on_headers(struct req *r, const char *url, const char *method)
         return reply(r, MHD_HTTP_CONTENT_TOO_LARGE, srv->r_413);
     r->webhook_id = header_id(r->conn, "X-Webhook-ID");
     r->request_id = header_id(r->conn, "X-Request-ID");
+    if (legacy)
+        return on_legacy(r);
     return MHD_YES;
 }
 
@@ -655,8 +705,9 @@ server_start(const struct server_conf *conf, struct gerr *err)
             (void *)"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"};
     }
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &ss};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE,
-                                        conf->threads, NULL};
+    if (conf->threads > 1)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE,
+                                            conf->threads, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
                                         conf->max_conns, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,

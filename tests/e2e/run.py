@@ -1,0 +1,1356 @@
+#!/usr/bin/env python3
+"""End-to-end tests for grwhd: a real daemon on 127.0.0.1, a real TLS client.
+
+Each test starts its own daemon (own temp dir, port, spool) and stops it.
+The handler tests/e2e/handler.lua writes one line per call to a file, which
+is how a test sees what reached the script.
+
+    python3 tests/e2e/run.py [-k SUBSTRING] [-v]
+
+GRWHD_BIN names the binary (default: <repo>/grwhd), so a sanitizer build
+can run the same tests.  Standard library only.
+"""
+
+import http.client
+import json
+import os
+import random
+import re
+import secrets
+import select
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+BIN = os.environ.get("GRWHD_BIN") or os.path.join(REPO, "grwhd")
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+HANDLER = os.path.join(HERE, "handler.lua")
+
+# A distinctive secret makes "never in the log" a reliable grep.
+SECRET = "Sx" + secrets.token_hex(12)
+VERBOSE = False
+
+# Shared across the run: one certificate, and every status seen, so "never
+# a 3xx" covers every request any test made.
+CERT = None
+KEY = None
+SEEN_STATUSES = []
+SEEN_LOCK = threading.Lock()
+
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                   "runtime error:", "ThreadSanitizer",
+                   "SUMMARY: AddressSanitizer",
+                   "SUMMARY: UndefinedBehaviorSanitizer")
+
+
+class TestFailure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+
+
+def note_status(status):
+    with SEEN_LOCK:
+        SEEN_STATUSES.append(status)
+    # Checked at once so the failing request is named in the message.
+    check(not (300 <= status < 400), "got a 3xx status %d" % status)
+
+
+def wait_for(pred, timeout, step=0.05):
+    """Polls pred() until true or timeout; returns its last value."""
+    end = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= end:
+            return v
+        time.sleep(step)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def make_cert(dir_):
+    global CERT, KEY
+    CERT = os.path.join(dir_, "cert.pem")
+    KEY = os.path.join(dir_, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+         "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", KEY, "-out", CERT],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        timeout=30)
+
+
+def client_ctx():
+    ctx = ssl.create_default_context(cafile=CERT)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def fixture(name):
+    with open(os.path.join(FIXTURES, name), "rb") as f:
+        return json.loads(f.read())
+
+
+def fixture_names():
+    return sorted(n for n in os.listdir(FIXTURES)
+                  if n.endswith(".json") and n != "batch.json")
+
+
+def event_with_id(base, cid):
+    """A copy of a fixture event whose contactId is cid (unique per test)."""
+    ev = json.loads(json.dumps(base))
+    ev.setdefault("contact", {})
+    if not isinstance(ev["contact"], dict):
+        ev["contact"] = {}
+    ev["contact"]["contactId"] = cid
+    return ev
+
+
+# ---------------------------------------------------------------------------
+# The daemon under test
+
+class Daemon:
+    def __init__(self, ctx, args=(), env=None, spool=None, out=None,
+                 workers=2, secret=True):
+        self.ctx = ctx
+        self.port = free_port()
+        self.spool = spool or os.path.join(ctx.dir, "spool.db")
+        self.out = out or os.path.join(ctx.dir, "out.txt")
+        ctx.n_daemons += 1
+        self.log = os.path.join(ctx.dir, "stderr.%d.log" % ctx.n_daemons)
+        self.killed = False
+        self.stopped = False
+        cmd = [BIN, "--script", HANDLER,
+               "--listen", "127.0.0.1:%d" % self.port,
+               "--tls-cert", CERT, "--tls-key", KEY,
+               "--spool", self.spool, "--workers", str(workers)]
+        if secret:
+            cmd += ["--secret", SECRET]
+        cmd += list(args)
+        e = dict(os.environ)
+        # Keep settings of the caller's environment out of the daemon.
+        for k in list(e):
+            if k.startswith("GRWHD_") and k != "GRWHD_BIN":
+                del e[k]
+        e["GRWHD_TEST_OUT"] = self.out
+        e.update(env or {})
+        self.logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                     stdout=self.logf, stderr=self.logf,
+                                     env=e, cwd=ctx.dir)
+        ctx.daemons.append(self)
+        ok = wait_for(lambda: "msg=listening" in self.stderr()
+                      or self.proc.poll() is not None, 15)
+        check(ok and self.proc.poll() is None,
+              "daemon did not start (rc=%s): %s"
+              % (self.proc.poll(), self.stderr()[-600:]))
+
+    def stderr(self):
+        try:
+            with open(self.log, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def kill9(self):
+        self.killed = True
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self):
+        """SIGTERM, then SIGKILL after 10 s; returns the exit status."""
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGKILL)
+                self.proc.wait(10)
+                self.logf.close()
+                raise TestFailure("daemon ignored SIGTERM for 10 s")
+        self.logf.close()
+        return self.proc.returncode
+
+    # -- output of the handler ----------------------------------------------
+
+    def calls(self):
+        """Handler calls so far, as dicts (see handler.lua for the format)."""
+        try:
+            with open(self.out, "r", encoding="utf-8",
+                      errors="replace") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return []
+        rows = []
+        for line in text.splitlines():
+            p = line.split("|")
+            if len(p) < 10:
+                continue
+            rows.append(dict(fn=p[0], type=p[1], cid=p[2], id=p[3],
+                             attempt=p[4], batch_index=p[5],
+                             batch_size=p[6], webhook_id=p[7],
+                             request_id=p[8], remote=p[9],
+                             seq=p[10] if len(p) > 10 else "-"))
+        return rows
+
+    def wait_calls(self, n, timeout=15):
+        rows = wait_for(lambda: len(self.calls()) >= n and self.calls(),
+                        timeout)
+        rows = self.calls()
+        check(len(rows) >= n, "expected %d handler calls, saw %d within %ss"
+              % (n, len(rows), timeout))
+        return rows
+
+    # -- clients --------------------------------------------------------------
+
+    def conn(self, timeout=10):
+        return http.client.HTTPSConnection("127.0.0.1", self.port,
+                                           context=client_ctx(),
+                                           timeout=timeout)
+
+    def url(self, path="/hook", secret=SECRET, param="secret", extra=""):
+        q = []
+        if secret is not None:
+            q.append("%s=%s" % (param, secret))
+        if extra:
+            q.append(extra)
+        return path + ("?" + "&".join(q) if q else "")
+
+    def request(self, method, url, body=None, headers=None, conn=None):
+        """One request; returns (status, headers dict lower-case, body)."""
+        own = conn is None
+        c = conn or self.conn()
+        h = {}
+        if body is not None:
+            h["Content-Type"] = "application/json"
+        h.update(headers or {})
+        try:
+            c.request(method, url, body=body, headers=h)
+            r = c.getresponse()
+            data = r.read()
+            hdrs = {k.lower(): v for k, v in r.getheaders()}
+        finally:
+            if own:
+                c.close()
+        note_status(r.status)
+        return r.status, hdrs, data
+
+    def post(self, obj, url=None, conn=None, headers=None, raw=None):
+        """POSTs obj as JSON with GetResponse's headers; returns a triple."""
+        body = raw if raw is not None else json.dumps(obj).encode()
+        h = {"X-Webhook-ID": str(uuid.uuid4()),
+             "X-Request-ID": str(uuid.uuid4())}
+        if isinstance(obj, dict) and isinstance(obj.get("type"), str):
+            h["X-Webhook-Type"] = obj["type"]
+        h.update(headers or {})
+        # None drops a header, to send a request without it.
+        h = {k: v for k, v in h.items() if v is not None}
+        return self.request("POST", url or self.url(), body, h, conn)
+
+    def tls_socket(self, timeout=5):
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout)
+        return client_ctx().wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def read_response(sock, method="POST"):
+    """Parses one HTTP response from an already-used socket."""
+    r = http.client.HTTPResponse(sock, method=method)
+    r.begin()
+    data = r.read()
+    note_status(r.status)
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+
+
+def readable(sock, timeout):
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    r, _, _ = select.select([sock], [], [], timeout)
+    return bool(r)
+
+
+def closed_soon(s, timeout=2.0):
+    """True if the peer closes the connection within timeout."""
+    end = time.monotonic() + timeout
+    try:
+        while time.monotonic() < end:
+            if not readable(s, max(0.0, end - time.monotonic())):
+                return False
+            if not s.recv(4096):
+                return True
+    except (OSError, ssl.SSLError):
+        return True
+    return False
+
+
+def send_then_read(d, head, chunks, gap=0.0, want_close=False):
+    """Sends head, then chunks while the server has not answered yet.
+
+    A server may answer (413) and close before reading the whole body; if
+    the client kept writing, the close could turn into a reset that hides
+    the answer.  So it stops writing once the answer is readable.
+    """
+    s = d.tls_socket()
+    try:
+        s.sendall(head)
+        for ch in chunks:
+            if readable(s, gap):
+                break
+            try:
+                s.sendall(ch)
+            except OSError:
+                break
+        check(readable(s, 5), "no answer within 5 s")
+        res = read_response(s)
+        if want_close:
+            check(closed_soon(s), "connection left open after %d" % res[0])
+        return res
+    finally:
+        s.close()
+
+
+def expect_json_error(status, hdrs, body, want, what):
+    check(status == want, "%s: status %d, want %d (body %r)"
+          % (what, status, want, body[:200]))
+    try:
+        j = json.loads(body)
+    except ValueError:
+        raise TestFailure("%s: body is not JSON: %r" % (what, body[:200]))
+    check(isinstance(j, dict), "%s: JSON body is not an object" % what)
+    check(hdrs.get("content-type", "").startswith("application/json"),
+          "%s: content type %r" % (what, hdrs.get("content-type")))
+    return j
+
+
+def expect_ok(res, what):
+    status, hdrs, body = res
+    check(status == 200, "%s: status %d, body %r" % (what, status,
+                                                    body[:200]))
+    check(body == b'{"status":"OK"}', "%s: body %r" % (what, body[:200]))
+    check(hdrs.get("content-type", "").split(";")[0].strip()
+          == "application/json",
+          "%s: content type %r" % (what, hdrs.get("content-type")))
+
+
+# ---------------------------------------------------------------------------
+# Tests.  Each takes a Ctx; a failed check raises TestFailure.
+
+def test_http_table(ctx):
+    """Every row of the HTTP table that can be provoked on purpose."""
+    d = ctx.daemon(args=["--max-body", "1024"])
+    ok_ev = event_with_id(fixture("contact_added.json"), "http-ok")
+    expect_ok(d.post(ok_ev), "right secret, object")
+
+    st, h, b = d.post(ok_ev, url=d.url(secret="wrong" + SECRET))
+    expect_json_error(st, h, b, 403, "wrong secret")
+    st, h, b = d.post(ok_ev, url=d.url(secret=None))
+    expect_json_error(st, h, b, 403, "missing secret")
+    st, h, b = d.post(ok_ev, url=d.url(secret=""))
+    expect_json_error(st, h, b, 403, "empty secret")
+
+    st, h, b = d.request("GET", d.url())
+    expect_json_error(st, h, b, 405, "GET without action")
+    check("POST" in h.get("allow", ""), "GET 405 without Allow: POST: %r"
+          % h.get("allow"))
+    st, h, b = d.request("PUT", d.url(), json.dumps(ok_ev).encode())
+    expect_json_error(st, h, b, 405, "PUT")
+    check("POST" in h.get("allow", ""), "PUT 405 without Allow: POST")
+
+    # Over --max-body, announced by Content-Length.
+    big = json.dumps(event_with_id(fixture("contact_added.json"),
+                                   "x" * 3000)).encode()
+    head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (d.url(), len(big))).encode()
+    st, h, b = send_then_read(d, head, [big[i:i + 512]
+                                        for i in range(0, len(big), 512)],
+                              gap=0.2, want_close=True)
+    expect_json_error(st, h, b, 413, "body over --max-body (Content-Length)")
+
+    # Over --max-body while a chunked body streams.
+    head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n" % d.url()).encode()
+    chunks = [b"%x\r\n%s\r\n" % (len(big[i:i + 256]), big[i:i + 256])
+              for i in range(0, len(big), 256)] + [b"0\r\n\r\n"]
+    st, h, b = send_then_read(d, head, chunks, gap=0.05, want_close=True)
+    expect_json_error(st, h, b, 413, "chunked body over --max-body")
+
+    # A chunked body under the limit is fine.
+    small = json.dumps(event_with_id(fixture("contact_moved.json"),
+                                     "http-chunked")).encode()
+    head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            % d.url()).encode()
+    chunks = [b"%x\r\n%s\r\n" % (len(small[i:i + 100]), small[i:i + 100])
+              for i in range(0, len(small), 100)] + [b"0\r\n\r\n"]
+    expect_ok(send_then_read(d, head, chunks), "chunked body under limit")
+
+    for raw, what in [(b"this is not json", "not JSON"),
+                      (b"", "empty body"),
+                      (b"[" * 200 + b"]" * 200, "deeply nested arrays"),
+                      (b'{"a":' * 150 + b"1" + b"}" * 150 + b"x",
+                       "deep objects, then junk"),
+                      (b'{"type":"contact_added",', "truncated JSON"),
+                      (b"42", "scalar 42"), (b'"x"', "scalar string"),
+                      (b"null", "null"), (b"[1,2]", "array of numbers"),
+                      (b'[{"type":"contact_added"},1]',
+                       "array with a non-object")]:
+        st, h, b = d.post(None, raw=raw)
+        j = expect_json_error(st, h, b, 400, what)
+        check(j.get("status") == "ERROR" and isinstance(j.get("error"), str)
+              and j["error"], "%s: error body %r" % (what, b))
+
+    expect_ok(d.post([]), "empty array")
+
+    # No string type: default gets "".  Unknown type: default gets it.
+    expect_ok(d.post({"contact": {"contactId": "http-notype"},
+                      "account": {"accountId": "A"}}), "object without type")
+    expect_ok(d.post({"type": 7, "contact": {"contactId": "http-numtype"}}),
+              "object with a number as type")
+    expect_ok(d.post({"type": "brand_new_type",
+                      "contact": {"contactId": "http-unknown"}}),
+              "unknown type")
+
+    rows = d.wait_calls(5)
+    by = {r["cid"]: r for r in rows}
+    check(by.get("http-ok", {}).get("fn") == "contact_added",
+          "right-secret event not handled by contact_added: %r" % rows)
+    check("http-chunked" in by, "chunked event not handled")
+    for cid in ("http-notype", "http-numtype"):
+        r = by.get(cid)
+        check(r is not None, "%s not handled: %r" % (cid, rows))
+        check(r["fn"] == "default" and r["type"] == "",
+              "%s: fn=%s meta.type=%r, want default and ''"
+              % (cid, r["fn"], r["type"]))
+    r = by.get("http-unknown")
+    check(r and r["fn"] == "default" and r["type"] == "brand_new_type",
+          "unknown type not handled by default: %r" % r)
+    # Nothing from 4xx requests or from [] may reach the handler.
+    time.sleep(0.5)
+    rows = d.calls()
+    check(len(rows) == 5, "expected exactly 5 handler calls, got %d: %r"
+          % (len(rows), [(r["fn"], r["cid"]) for r in rows]))
+
+
+def test_secret_param_and_path(ctx):
+    """--secret-param names the parameter; --path restricts the URL."""
+    d = ctx.daemon(args=["--secret-param", "token", "--path", "/gr/hook"])
+    ev = event_with_id(fixture("contact_added.json"), "param-1")
+    expect_ok(d.post(ev, url=d.url("/gr/hook", param="token")),
+              "secret in token=")
+    st, h, b = d.post(ev, url=d.url("/gr/hook", param="secret"))
+    expect_json_error(st, h, b, 403, "secret under the default name")
+    st, h, b = d.post(ev, url=d.url("/elsewhere", param="token"))
+    expect_json_error(st, h, b, 404, "other path than --path")
+    rows = d.wait_calls(1)
+    check(rows[0]["cid"] == "param-1", "wrong event handled: %r" % rows)
+
+
+def test_secret_file_two_lines(ctx):
+    path = os.path.join(ctx.dir, "secrets.txt")
+    s1, s2 = "Fa" + secrets.token_hex(8), "Fb" + secrets.token_hex(8)
+    with open(path, "w") as f:
+        f.write("%s\n%s\n" % (s1, s2))
+    d = ctx.daemon(args=["--secret-file", path], secret=False)
+    ev = event_with_id(fixture("contact_added.json"), "file-1")
+    expect_ok(d.post(ev, url=d.url(secret=s1)), "first line of secret file")
+    ev = event_with_id(fixture("contact_added.json"), "file-2")
+    expect_ok(d.post(ev, url=d.url(secret=s2)), "second line of secret file")
+    st, h, b = d.post(ev, url=d.url(secret=s1 + s2))
+    expect_json_error(st, h, b, 403, "secret not in file")
+    d.wait_calls(2)
+
+
+def test_secret_env(ctx):
+    s = "Ev" + secrets.token_hex(8)
+    d = ctx.daemon(env={"GRWHD_SECRET": s}, secret=False)
+    ev = event_with_id(fixture("contact_added.json"), "env-1")
+    expect_ok(d.post(ev, url=d.url(secret=s)), "secret from GRWHD_SECRET")
+    st, h, b = d.post(ev, url=d.url(secret=SECRET))
+    expect_json_error(st, h, b, 403, "secret other than GRWHD_SECRET")
+    d.wait_calls(1)
+
+
+def test_legacy_callback(ctx):
+    """A legacy GET callback with action= becomes one event."""
+    d = ctx.daemon()
+    want = {"subscribe": "contact_added", "open": "contact_opened_message",
+            "click": "contact_clicked_message_link",
+            "unsubscribe": "contact_removed_link", "goal": "callback_goal"}
+    n = 0
+    with open(os.path.join(FIXTURES, "legacy-callbacks.txt")) as f:
+        for line in f:
+            if not line.startswith("GET "):
+                continue
+            target = line.split()[1]
+            # Unique per line so the dedupe digest cannot merge two of them.
+            target += "&secret=%s&n=%d" % (SECRET, n)
+            n += 1
+            expect_ok(d.request("GET", target), "legacy " + target[:40])
+    rows = d.wait_calls(n)
+    got = sorted(r["type"] for r in rows)
+    check(got == sorted(want.values()),
+          "legacy callback types %r, want %r" % (got, sorted(want.values())))
+    for r in rows:
+        fn = r["type"] if r["type"] in HANDLED else "default"
+        check(r["fn"] == fn, "legacy %s handled by %s" % (r["type"], r["fn"]))
+
+
+HANDLED = set(n[:-5] for n in os.listdir(FIXTURES)
+              if n.endswith(".json") and n != "batch.json")
+
+
+def test_deep_nesting_is_refused_not_fatal(ctx):
+    """Nesting deeper than any stack: an error answer, and still alive."""
+    d = ctx.daemon(args=["--max-body", "4000000"])
+    for raw in (b"[" * 1000000, b'{"a":' * 500000,
+                b'{"type":"x","n":' + b"[" * 500000 + b"]" * 500000 + b"}"):
+        st, h, b = d.post(None, raw=raw)
+        check(st in (400, 413), "deep nesting (%d bytes) answered %d"
+              % (len(raw), st))
+        check(d.alive(), "daemon died on deep nesting")
+    expect_ok(d.post(event_with_id(fixture("contact_added.json"), "deep")),
+              "request after deep nesting")
+
+
+def test_invalid_utf8_is_accepted(ctx):
+    d = ctx.daemon()
+    raw = (b'{"type":"contact_added","contact":{"contactId":"utf8-1",'
+           b'"name":"bad \xff\xfe byte \xc3"}}')
+    expect_ok(d.post(None, raw=raw), "invalid UTF-8 in a string")
+    rows = d.wait_calls(1)
+    check(rows[0]["cid"] == "utf8-1" and rows[0]["fn"] == "contact_added",
+          "wrong call: %r" % rows)
+
+
+def test_one_contact_in_order(ctx):
+    """One contact's events reach the handler in the order received."""
+    d = ctx.daemon(workers=4)
+    base = fixture("contact_moved.json")
+    n = 0
+    c = d.conn()
+    try:
+        for req in range(15):
+            batch = []
+            for _ in range(4):
+                for cid in ("ord-A", "ord-B", "ord-C"):
+                    ev = event_with_id(base, cid)
+                    ev["seq"] = n
+                    n += 1
+                    batch.append(ev)
+            # Single objects and batches both count.
+            if req % 3 == 0:
+                for ev in batch:
+                    expect_ok(d.post(ev, conn=c), "seq %d" % ev["seq"])
+            else:
+                expect_ok(d.post(batch, conn=c), "batch at seq %d"
+                          % batch[0]["seq"])
+    finally:
+        c.close()
+    d.wait_calls(n, timeout=30)
+    for cid in ("ord-A", "ord-B", "ord-C"):
+        seqs = [int(r["seq"]) for r in d.calls() if r["cid"] == cid]
+        check(seqs == sorted(seqs) and len(seqs) == n // 3,
+              "%s handled out of order or not once each: %s" % (cid, seqs))
+
+
+def test_failing_handler_does_not_block(ctx):
+    """A handler error is logged; later events still run; daemon lives."""
+    d = ctx.daemon(env={"GRWHD_TEST_FAIL_TYPE": "contact_added"})
+    expect_ok(d.post(event_with_id(fixture("contact_added.json"), "f-1")),
+              "event whose handler fails")
+    expect_ok(d.post(event_with_id(fixture("contact_moved.json"), "f-1")),
+              "next event of the same contact")
+    rows = d.wait_calls(1)
+    check(rows[0]["fn"] == "contact_moved", "unexpected call %r" % rows)
+    check(wait_for(lambda: "boom" in d.stderr(), 5),
+          "handler error not logged")
+    check(d.alive(), "daemon died after a handler error")
+
+
+def test_backlog_bound_answers_503(ctx):
+    """Over --max-backlog: 503 with Retry-After, and 200 again once drained."""
+    d = ctx.daemon(args=["--max-backlog", "3"],
+                   env={"GRWHD_TEST_SLEEP": "0.4"}, workers=1)
+    base = fixture("contact_moved.json")
+    got = []
+    for i in range(10):
+        st, h, b = d.post(event_with_id(base, "bl-%d" % i))
+        got.append(st)
+        if st == 503:
+            expect_json_error(st, h, b, 503, "backlog full")
+            check(h.get("retry-after", "").strip().isdigit(),
+                  "503 without a numeric Retry-After: %r"
+                  % h.get("retry-after"))
+            break
+        check(st == 200, "event %d: %d %r" % (i, st, b))
+    check(503 in got and got.index(503) <= 4,
+          "no 503 once the backlog bound (3) was passed: %r" % got)
+    accepted = got.index(503)
+    d.wait_calls(accepted, timeout=15)
+    expect_ok(d.post(event_with_id(base, "bl-after")), "after the drain")
+    rows = d.wait_calls(accepted + 1, timeout=10)
+    check(not any(r["cid"] == "bl-%d" % accepted for r in rows),
+          "the refused event was handled anyway")
+
+
+def test_fixture_types_reach_their_function(ctx):
+    d = ctx.daemon()
+    sent = {}
+    for name in fixture_names():
+        ev = fixture(name)
+        wid = str(uuid.uuid4())
+        expect_ok(d.post(ev, headers={"X-Webhook-ID": wid}), name)
+        sent[ev["type"]] = wid
+    rows = d.wait_calls(len(sent))
+    for t, wid in sent.items():
+        mine = [r for r in rows if r["type"] == t]
+        check(len(mine) == 1, "%s handled %d times" % (t, len(mine)))
+        check(mine[0]["fn"] == t, "%s went to function %s"
+              % (t, mine[0]["fn"]))
+        check(mine[0]["webhook_id"] == wid,
+              "%s: meta.webhook_id %r, want %r"
+              % (t, mine[0]["webhook_id"], wid))
+        check(mine[0]["request_id"] not in ("", "-"),
+              "%s: meta.request_id missing" % t)
+        check(mine[0]["attempt"] == "1", "%s: attempt %r"
+              % (t, mine[0]["attempt"]))
+        check(mine[0]["remote"] == "127.0.0.1" or
+              mine[0]["remote"].startswith("127.0.0.1"),
+              "%s: meta.remote_addr %r" % (t, mine[0]["remote"]))
+
+
+def test_batch_fixture(ctx):
+    d = ctx.daemon()
+    batch = fixture("batch.json")
+    expect_ok(d.post(batch), "batch.json")
+    rows = d.wait_calls(5)
+    time.sleep(0.3)
+    rows = d.calls()
+    check(len(rows) == 5, "batch.json: %d handler calls, want 5" % len(rows))
+    idx = sorted(int(r["batch_index"]) for r in rows)
+    check(idx in (list(range(5)), list(range(1, 6))),
+          "batch_index values %r" % idx)
+    check(all(r["batch_size"] == "5" for r in rows),
+          "batch_size values %r" % [r["batch_size"] for r in rows])
+    base = idx[0]
+    for r in rows:
+        want = batch[int(r["batch_index"]) - base]["type"]
+        check(r["fn"] == want and r["type"] == want,
+              "batch_index %s: fn %s type %s, want %s"
+              % (r["batch_index"], r["fn"], r["type"], want))
+
+
+def make_batch(prefix, n):
+    names = fixture_names()
+    return [event_with_id(fixture(names[i % len(names)]),
+                          "%s-%d" % (prefix, i)) for i in range(n)]
+
+
+def test_batch_100(ctx):
+    d = ctx.daemon(workers=2)
+    expect_ok(d.post(make_batch("b100", 100)), "batch of 100")
+    d.wait_calls(100, timeout=30)
+    time.sleep(0.3)
+    cids = [r["cid"] for r in d.calls()]
+    check(len(cids) == 100 and set(cids) == set("b100-%d" % i
+                                                for i in range(100)),
+          "batch of 100: %d calls, %d distinct" % (len(cids), len(set(cids))))
+
+
+def test_batch_over_100_accepted(ctx):
+    d = ctx.daemon(workers=2)
+    expect_ok(d.post(make_batch("b101", 101)), "batch of 101")
+    d.wait_calls(101, timeout=30)
+    check(re.search(r"level=warn\b", d.stderr()),
+          "no warning logged for a batch of more than 100 events")
+
+
+def test_keep_alive(ctx):
+    d = ctx.daemon()
+    c = d.conn()
+    try:
+        first = None
+        for i in range(6):
+            ev = event_with_id(fixture("contact_added.json"), "ka-%d" % i)
+            c.request("POST", d.url(), body=json.dumps(ev).encode(),
+                      headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            body = r.read()
+            note_status(r.status)
+            check(r.status == 200 and body == b'{"status":"OK"}',
+                  "request %d on one connection: %d %r" % (i, r.status, body))
+            check(not r.will_close,
+                  "server closed the keep-alive connection after %d" % i)
+            if first is None:
+                first = c.sock
+            check(c.sock is first, "connection was reopened at request %d"
+                  % i)
+    finally:
+        c.close()
+    d.wait_calls(6)
+
+
+def test_expect_100_continue(ctx):
+    d = ctx.daemon()
+    body = json.dumps(event_with_id(fixture("contact_added.json"),
+                                    "continue-1")).encode()
+    s = d.tls_socket()
+    try:
+        s.sendall(("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   "Content-Type: application/json\r\n"
+                   "Content-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+                   % (d.url(), len(body))).encode())
+        interim = b""
+        end = time.monotonic() + 5
+        while b"\r\n\r\n" not in interim and time.monotonic() < end:
+            check(readable(s, max(0.0, end - time.monotonic())),
+                  "no 100 Continue within 5 s")
+            ch = s.recv(1)
+            check(ch, "connection closed before 100 Continue: %r" % interim)
+            interim += ch
+        check(re.match(rb"HTTP/1\.[01] 100 ", interim),
+              "first answer is not 100 Continue: %r" % interim[:80])
+        s.sendall(body)
+        st, h, b = read_response(s)
+        expect_ok((st, h, b), "body after 100 Continue")
+    finally:
+        s.close()
+    rows = d.wait_calls(1)
+    check(rows[0]["cid"] == "continue-1", "wrong event: %r" % rows)
+
+
+def test_kill9_after_ack(ctx):
+    """Acked events survive kill -9 and run after a restart."""
+    spool = os.path.join(ctx.dir, "spool.db")
+    d = ctx.daemon(env={"GRWHD_TEST_SLEEP": "0.5"}, spool=spool, workers=2)
+    cids = ["k9-%d" % i for i in range(20)]
+    names = fixture_names()
+    c = d.conn()
+    try:
+        for i, cid in enumerate(cids):
+            ev = event_with_id(fixture(names[i % len(names)]), cid)
+            expect_ok(d.post(ev, conn=c), "event %s" % cid)
+    finally:
+        c.close()
+    d.kill9()
+    before = set(r["cid"] for r in d.calls())
+    check(len(before) < len(cids),
+          "all events were handled before the kill; the test proves nothing")
+    d2 = ctx.daemon(spool=spool, out=d.out, workers=2)
+    ok = wait_for(lambda: set(cids) <= set(r["cid"] for r in d2.calls()), 20)
+    missing = set(cids) - set(r["cid"] for r in d2.calls())
+    check(ok, "after kill -9 and restart, %d acked events never handled: %s"
+          " (%d handled before the kill)"
+          % (len(missing), sorted(missing)[:10], len(before)))
+
+
+def test_parallel_exactly_once(ctx):
+    d = ctx.daemon(workers=4)
+    senders, batches, per = 16, 25, 4
+    names = fixture_names()
+    errors = []
+
+    def sender(s):
+        c = d.conn(timeout=20)
+        try:
+            for b in range(batches):
+                evs = [event_with_id(fixture(names[(s + b + i) % len(names)]),
+                                     "c%d-%d-%d" % (s, b, i))
+                       for i in range(per)]
+                st, h, body = d.post(evs, conn=c)
+                if st != 200 or body != b'{"status":"OK"}':
+                    errors.append("sender %d batch %d: %d %r"
+                                  % (s, b, st, body[:100]))
+        except Exception as e:  # noqa: a thread must not die silently
+            errors.append("sender %d: %r" % (s, e))
+        finally:
+            c.close()
+
+    ts = [threading.Thread(target=sender, args=(s,)) for s in range(senders)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(90)
+    check(not any(t.is_alive() for t in ts), "senders hung")
+    check(not errors, "%d failed requests, first: %s"
+          % (len(errors), errors[:3]))
+    total = senders * batches * per
+    d.wait_calls(total, timeout=60)
+    time.sleep(0.5)
+    counts = {}
+    for r in d.calls():
+        counts[r["cid"]] = counts.get(r["cid"], 0) + 1
+    want = set("c%d-%d-%d" % (s, b, i) for s in range(senders)
+               for b in range(batches) for i in range(per))
+    missing = want - set(counts)
+    dup = [k for k, v in counts.items() if v != 1]
+    extra = set(counts) - want
+    check(not missing and not dup and not extra,
+          "%d missing, %d duplicated, %d unexpected (e.g. %s %s)"
+          % (len(missing), len(dup), len(extra), sorted(missing)[:3],
+             dup[:3]))
+
+
+def test_idle_connections_do_not_delay(ctx):
+    d = ctx.daemon()
+    idle = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", d.port), 5)
+            idle.append(s)
+        for _ in range(20):
+            idle.append(d.tls_socket())
+        ev = event_with_id(fixture("contact_added.json"), "idle-real")
+        t0 = time.monotonic()
+        res = d.post(ev, conn=d.conn(timeout=5))
+        took = time.monotonic() - t0
+        expect_ok(res, "request beside 220 idle connections")
+        check(took < 1.0, "request took %.2f s beside idle connections"
+              % took)
+    finally:
+        for s in idle:
+            s.close()
+    d.wait_calls(1)
+
+
+def test_no_secret_or_email_in_log(ctx):
+    d = ctx.daemon()
+    emails = set()
+    for name in fixture_names() + ["batch.json"]:
+        with open(os.path.join(FIXTURES, name)) as f:
+            emails.update(re.findall(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
+                                     f.read()))
+    check(emails, "no e-mail addresses found in the fixtures")
+    n = 0
+    for name in fixture_names():
+        expect_ok(d.post(fixture(name)), name)
+        n += 1
+    expect_ok(d.post(fixture("batch.json")), "batch.json")
+    n += 5
+    # Requests that fail carry the secret too.
+    d.request("GET", d.url())
+    d.post(None, raw=b"not json")
+    # A legacy callback has an address in its query string.
+    with open(os.path.join(FIXTURES, "legacy-callbacks.txt")) as f:
+        legacy = [l.split()[1] for l in f if l.startswith("GET ")]
+    d.request("GET", legacy[0] + "&secret=" + SECRET)
+    # A parse error and a UTF-8 repair must not quote the body in the log.
+    emails.add("leak.check@example.com")
+    d.post(None, raw=b'{"type":"x","contact":{"email":"leak.check@example.com"'
+                     b',"name":')
+    expect_ok(d.post(None, raw=b'{"type":"contact_added","contact":'
+                               b'{"contactId":"utf8-leak","email":'
+                               b'"leak.check\xff@example.com"}}'),
+              "invalid UTF-8 beside an address")
+    n += 1
+    emails.add("leak.check\ufffd@example.com")
+    d.wait_calls(n, timeout=20)
+    time.sleep(0.3)
+    log = d.stderr()
+    check(SECRET not in log, "the secret appears in stderr")
+    leaked = [e for e in emails if e in log or e.replace("@", "%40") in log]
+    check(not leaked, "e-mail addresses in stderr: %s" % sorted(leaked))
+    check(re.search(r"msg=request method=POST path=\S*REDACTED\S* "
+                    r"status=200 events=\d+ bytes=\d+ ms=[\d.]+ "
+                    r"remote=127\.0\.0\.1", log),
+          "no access line with a redacted path, status, events, bytes, ms"
+          " and remote")
+
+
+def test_cli_check(ctx):
+    r = subprocess.run([BIN, "check", "--script", HANDLER],
+                       capture_output=True, timeout=15)
+    check(r.returncode == 0, "check on a good script: rc %d, %r"
+          % (r.returncode, r.stderr[-300:]))
+    out = r.stdout.decode()
+    missing = [t for t in HANDLED if t not in out]
+    check(not missing, "check does not list %s" % missing)
+    check("default" in out, "check does not list default")
+
+    bad = os.path.join(ctx.dir, "bad.lua")
+    with open(bad, "w") as f:
+        f.write("local on = {}\n\nfunction on.default(ev, meta)\n"
+                "  local x = = 1\nend\nreturn on\n")
+    r = subprocess.run([BIN, "check", "--script", bad], capture_output=True,
+                       timeout=15)
+    check(r.returncode == 1, "check on a syntax error: rc %d"
+          % r.returncode)
+    text = (r.stdout + r.stderr).decode("utf-8", "replace")
+    check("bad.lua:4" in text, "check message lacks bad.lua:4: %r"
+          % text[-300:])
+
+
+def test_cli_feed(ctx):
+    out = os.path.join(ctx.dir, "feed.txt")
+    env = dict(os.environ, GRWHD_TEST_OUT=out)
+    env.pop("GRWHD_TEST_FAIL_TYPE", None)
+    files = [os.path.join(FIXTURES, n) for n in fixture_names()]
+    r = subprocess.run([BIN, "feed", "--script", HANDLER] + files,
+                       capture_output=True, timeout=30, env=env,
+                       cwd=ctx.dir)
+    check(r.returncode == 0, "feed good payloads: rc %d, %r"
+          % (r.returncode, r.stderr[-300:]))
+    with open(out) as f:
+        fns = [l.split("|")[0] for l in f.read().splitlines()]
+    check(sorted(fns) == sorted(HANDLED), "feed called %r" % sorted(fns))
+
+    with open(os.path.join(FIXTURES, "batch.json"), "rb") as f:
+        r = subprocess.run([BIN, "feed", "--script", HANDLER, "-"],
+                           input=f.read(), capture_output=True, timeout=30,
+                           env=env, cwd=ctx.dir)
+    check(r.returncode == 0, "feed from stdin: rc %d, %r"
+          % (r.returncode, r.stderr[-300:]))
+
+    env["GRWHD_TEST_FAIL_TYPE"] = "contact_added"
+    r = subprocess.run([BIN, "feed", "--script", HANDLER,
+                        os.path.join(FIXTURES, "contact_added.json")],
+                       capture_output=True, timeout=30, env=env,
+                       cwd=ctx.dir)
+    check(r.returncode != 0, "feed with a failing handler exited 0")
+    check(b"boom" in r.stderr + r.stdout,
+          "feed failure does not show the error message")
+
+
+def test_cli_bad_option(ctx):
+    for argv in (["--no-such-option"],
+                 ["--script", HANDLER, "--workers", "many"],
+                 ["--script", HANDLER, "--listen"]):
+        r = subprocess.run([BIN] + argv, capture_output=True, timeout=15,
+                           cwd=ctx.dir)
+        check(r.returncode == 2, "%s: rc %d, want 2" % (argv, r.returncode))
+        lines = r.stderr.decode("utf-8", "replace").strip().splitlines()
+        check(len(lines) == 1, "%s: %d lines of error, want 1: %r"
+              % (argv, len(lines), lines[:4]))
+
+
+def client_hello():
+    """The first bytes of a real TLS ClientHello, made in memory."""
+    inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+    o = client_ctx().wrap_bio(inc, outg, server_hostname="127.0.0.1")
+    try:
+        o.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outg.read()
+
+
+def test_garbage_does_not_stop_daemon(ctx):
+    d = ctx.daemon(args=["--conn-timeout", "3"])
+    rnd = random.Random(1234)
+    keep = []    # connections left open until the end, as a peer might
+    hello = client_hello()
+    body = json.dumps(fixture("contact_added.json")).encode()
+    post_head = ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                 "Content-Type: application/json\r\n\r\n"
+                 % (d.url(), len(body))).encode()
+
+    def tcp(data, close=False):
+        s = socket.create_connection(("127.0.0.1", d.port), 5)
+        keep.append(s)
+        s.sendall(data)
+        if close:
+            s.close()
+
+    def tls(data, close=False, unwrap=False):
+        s = d.tls_socket()
+        keep.append(s)
+        s.sendall(data)
+        if unwrap:
+            s.unwrap()
+        if close:
+            s.close()
+
+    def bad_chunks():
+        st = send_then_read(d, ("POST %s HTTP/1.1\r\nHost: x\r\n"
+                                "Transfer-Encoding: chunked\r\n\r\n"
+                                % d.url()).encode(),
+                            [b"zz\r\nhello\r\n0\r\n\r\n"])[0]
+        check(400 <= st < 500, "bad chunk encoding answered %d" % st)
+
+    attacks = [
+        # Random bytes where a TLS handshake should be.
+        *[(lambda n=n: tcp(bytes(rnd.getrandbits(8) for _ in range(n))))
+          for n in (1, 5, 200, 5000, 70000)],
+        # A TLS record header claiming a huge length, then nothing.
+        lambda: tcp(b"\x16\x03\x01\xff\xff"),
+        # Plain HTTP on the TLS port.
+        lambda: tcp(b"POST /hook HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"),
+        # Truncated ClientHello, then close.
+        *[(lambda c=c: tcp(hello[:c], close=True))
+          for c in (3, len(hello) // 2, len(hello) - 1)],
+        # Half a body, then an abrupt close or a clean TLS close.
+        lambda: tls(post_head + body[:len(body) // 2], close=True),
+        lambda: tls(post_head + body[:len(body) // 2], unwrap=True,
+                    close=True),
+        # Half the headers, then close.
+        lambda: tls(b"POST /hook?secret=" + SECRET.encode()
+                    + b" HTTP/1.1\r\nCon", close=True),
+        # Not HTTP inside TLS; a request line far too long; many headers.
+        lambda: tls(bytes(rnd.getrandbits(8) for _ in range(3000))),
+        lambda: tls(b"POST /" + b"a" * 100000 + b" HTTP/1.1\r\n\r\n"),
+        lambda: tls(b"POST /hook HTTP/1.1\r\n"
+                    + b"X-A: b\r\n" * 20000 + b"\r\n"),
+        lambda: tls(b"POST /hook HTTP/1.1\r\nContent-Length: -5\r\n\r\n"),
+        lambda: tls(b"POST /hook HTTP/1.1\r\nContent-Length: "
+                    b"99999999999999999999999\r\n\r\n"),
+        bad_chunks,
+    ]
+    try:
+        for attack in attacks:
+            try:
+                attack()
+            except (OSError, ssl.SSLError):
+                pass  # the server may reset a garbage connection: fine
+    finally:
+        for s in keep:
+            s.close()
+    time.sleep(0.3)
+    check(d.alive(), "daemon died after garbage: rc %s" % d.proc.poll())
+    ev = event_with_id(fixture("contact_added.json"), "after-garbage")
+    expect_ok(d.post(ev), "good request after garbage")
+    rows = d.wait_calls(1)
+    check(rows[-1]["cid"] == "after-garbage", "wrong event: %r" % rows)
+
+
+def test_secret_with_reserved_characters(ctx):
+    """A secret with characters that must be percent-encoded in a URL."""
+    sec = "p@ss w/rd+1&x=%"
+    d = ctx.daemon(args=["--secret", sec], secret=False)
+    enc = "".join(c if c.isalnum() else "%%%02X" % ord(c) for c in sec)
+    ev = event_with_id(fixture("contact_added.json"), "enc-1")
+    expect_ok(d.post(ev, url=d.url(secret=enc)), "percent-encoded secret")
+    for wrong in (SECRET, enc[:-3], enc + "x", "p%40ss"):
+        st, h, b = d.post(ev, url=d.url(secret=wrong))
+        check(st == 403, "secret %r answered %d" % (wrong, st))
+    d.wait_calls(1)
+    check(sec not in d.stderr() and enc not in d.stderr(),
+          "the secret appears in stderr")
+
+
+def logfmt_keys(line):
+    """The keys of one logfmt line, honouring quoted values."""
+    keys, i = [], 0
+    while i < len(line):
+        m = re.compile(r'\s*([^\s=]+)=').match(line, i)
+        if not m:
+            return None
+        keys.append(m.group(1))
+        i = m.end()
+        if i < len(line) and line[i] == '"':
+            i += 1
+            while i < len(line) and line[i] != '"':
+                i += 2 if line[i] == "\\" else 1
+            i += 1
+        else:
+            while i < len(line) and not line[i].isspace():
+                i += 1
+    return keys
+
+
+def test_peer_text_is_escaped_in_log(ctx):
+    """Headers a peer controls cannot forge keys or lines in the log."""
+    d = ctx.daemon()
+    evil = 'x y" level=error msg=forged \x1b[31mred'
+    ev = event_with_id(fixture("contact_added.json"), "esc-1")
+    try:
+        res = d.post(ev, headers={"X-Webhook-ID": evil, "X-Request-ID": evil})
+    except ValueError:
+        raise TestFailure("client refused the header (test bug)")
+    expect_ok(res, "request with odd header values")
+    rows = d.wait_calls(1)
+    log = d.stderr()
+    check("\x1b" not in log, "a raw escape byte from a header is in the log")
+    for line in log.splitlines():
+        keys = logfmt_keys(line)
+        check(keys is not None and keys.count("level") == 1
+              and keys.count("msg") == 1,
+              "log line does not parse as logfmt or has forged keys: %r"
+              % line)
+    check("msg=forged" not in re.sub(r'"(?:[^"\\]|\\.)*"', '""', log),
+          "a header value forged a key in the log")
+
+
+def test_conn_timeout_closes_idle(ctx):
+    d = ctx.daemon(args=["--conn-timeout", "2"])
+    plain = socket.create_connection(("127.0.0.1", d.port), 5)
+    tls_idle = d.tls_socket()
+    try:
+        check(closed_soon(plain, 6), "idle TCP connection open after 6 s "
+              "with --conn-timeout 2")
+        check(closed_soon(tls_idle, 2), "idle TLS connection open after 6 s "
+              "with --conn-timeout 2")
+    finally:
+        plain.close()
+        tls_idle.close()
+    expect_ok(d.post(event_with_id(fixture("contact_added.json"), "ct")),
+              "request after idle timeouts")
+
+
+def test_large_batches_overflow_queues(ctx):
+    """More events than the worker queues hold: all run, each once."""
+    d = ctx.daemon(workers=1)
+    names = fixture_names()
+    total = 0
+    for r in range(3):
+        evs = [event_with_id(fixture(names[i % len(names)]),
+                             "big-%d-%d" % (r, i)) for i in range(1500)]
+        expect_ok(d.post(evs), "batch %d of 1500" % r)
+        total += len(evs)
+    d.wait_calls(total, timeout=60)
+    time.sleep(0.5)
+    counts = {}
+    for row in d.calls():
+        counts[row["cid"]] = counts.get(row["cid"], 0) + 1
+    dup = [k for k, v in counts.items() if v != 1]
+    check(len(counts) == total and not dup,
+          "%d distinct of %d, %d duplicated (e.g. %s)"
+          % (len(counts), total, len(dup), dup[:3]))
+
+
+def test_sigterm_keeps_unhandled(ctx):
+    """SIGTERM with a backlog: prompt exit 0, the rest runs after restart."""
+    spool = os.path.join(ctx.dir, "spool.db")
+    d = ctx.daemon(env={"GRWHD_TEST_SLEEP": "0.5"}, spool=spool, workers=1)
+    cids = ["st-%d" % i for i in range(10)]
+    for cid in cids:
+        expect_ok(d.post(event_with_id(fixture("contact_moved.json"), cid)),
+                  cid)
+    t0 = time.monotonic()
+    rc = d.stop()
+    took = time.monotonic() - t0
+    check(rc == 0, "exit status after SIGTERM: %s" % rc)
+    check(took < 8, "SIGTERM took %.1f s" % took)
+    before = len(d.calls())
+    d2 = ctx.daemon(spool=spool, out=d.out, workers=1)
+    ok = wait_for(lambda: set(cids) <= set(r["cid"] for r in d2.calls()), 15)
+    check(ok, "after SIGTERM and restart, events missing: %s (%d before)"
+          % (sorted(set(cids) - set(r["cid"] for r in d2.calls())), before))
+
+
+def test_stderr_lines_are_logfmt(ctx):
+    """Every stderr line is one logfmt record, whatever --workers is."""
+    d = ctx.daemon(workers=1)
+    expect_ok(d.post(event_with_id(fixture("contact_added.json"), "lf-1")),
+              "one event")
+    d.post(None, raw=b"not json")
+    d.wait_calls(1)
+    d.stop()
+    for line in d.stderr().splitlines():
+        keys = logfmt_keys(line)
+        check(keys and keys[:3] == ["ts", "level", "msg"],
+              "stderr line is not a logfmt record: %r" % line[:160])
+
+
+def test_duplicate_delivery_handled_once(ctx):
+    """A retry (same X-Webhook-ID) or a repeated body runs once."""
+    d = ctx.daemon()
+    ev = event_with_id(fixture("contact_added.json"), "dup-1")
+    wid = str(uuid.uuid4())
+    for _ in range(3):
+        expect_ok(d.post(ev, headers={"X-Webhook-ID": wid}), "retry")
+    ev2 = event_with_id(fixture("contact_added.json"), "dup-2")
+    for _ in range(2):
+        expect_ok(d.post(ev2, headers={"X-Webhook-ID": None}),
+                  "same body, no X-Webhook-ID")
+    # A new delivery of equal content is a new event.
+    ev3 = event_with_id(fixture("contact_added.json"), "dup-3")
+    expect_ok(d.post(ev3), "first delivery")
+    expect_ok(d.post(ev3), "second delivery, new X-Webhook-ID")
+    d.wait_calls(4)
+    time.sleep(1.0)
+    got = sorted(r["cid"] for r in d.calls())
+    check(got == ["dup-1", "dup-2", "dup-3", "dup-3"],
+          "handler calls %r, want dup-1, dup-2 once and dup-3 twice" % got)
+
+
+def test_failed_handler_is_retried(ctx):
+    d = ctx.daemon(env={"GRWHD_TEST_FAIL_ATTEMPTS": "1"})
+    expect_ok(d.post(event_with_id(fixture("contact_added.json"), "rt-1")),
+              "event failing on its first attempt")
+    rows = d.wait_calls(1, timeout=10)
+    check(rows[0]["cid"] == "rt-1" and rows[0]["attempt"] == "2",
+          "want one call at attempt 2, got %r" % rows)
+
+
+def test_sigterm_exits_zero(ctx):
+    d = ctx.daemon()
+    expect_ok(d.post(event_with_id(fixture("contact_added.json"), "t-1")),
+              "before SIGTERM")
+    d.wait_calls(1)
+    rc = d.stop()
+    check(rc == 0, "exit status after SIGTERM: %s" % rc)
+
+
+TESTS = [
+    test_http_table,
+    test_secret_param_and_path,
+    test_secret_file_two_lines,
+    test_secret_env,
+    test_legacy_callback,
+    test_deep_nesting_is_refused_not_fatal,
+    test_invalid_utf8_is_accepted,
+    test_one_contact_in_order,
+    test_failing_handler_does_not_block,
+    test_backlog_bound_answers_503,
+    test_fixture_types_reach_their_function,
+    test_batch_fixture,
+    test_batch_100,
+    test_batch_over_100_accepted,
+    test_keep_alive,
+    test_expect_100_continue,
+    test_kill9_after_ack,
+    test_parallel_exactly_once,
+    test_idle_connections_do_not_delay,
+    test_no_secret_or_email_in_log,
+    test_cli_check,
+    test_cli_feed,
+    test_cli_bad_option,
+    test_garbage_does_not_stop_daemon,
+    test_sigterm_exits_zero,
+    test_secret_with_reserved_characters,
+    test_peer_text_is_escaped_in_log,
+    test_conn_timeout_closes_idle,
+    test_large_batches_overflow_queues,
+    test_sigterm_keeps_unhandled,
+    test_stderr_lines_are_logfmt,
+    test_duplicate_delivery_handled_once,
+    test_failed_handler_is_retried,
+]
+
+
+# ---------------------------------------------------------------------------
+# Runner
+
+class Ctx:
+    def __init__(self, dir_):
+        self.dir = dir_
+        self.daemons = []
+        self.n_daemons = 0
+
+    def daemon(self, **kw):
+        return Daemon(self, **kw)
+
+    def finish(self):
+        """Stops every daemon; returns problems seen in their life."""
+        problems = []
+        for d in self.daemons:
+            died = d.proc.poll()
+            log = d.stderr()
+            if died is not None and not d.killed and not d.stopped:
+                # A sanitizer report below says more than the log's tail.
+                tail = "" if any(m in log for m in SANITIZER_MARKS) \
+                    else ": " + log[-400:].strip()
+                problems.append("daemon exited by itself (rc %s)%s"
+                                % (died, tail))
+            try:
+                d.stop()
+            except TestFailure as e:
+                problems.append(str(e))
+            log = d.stderr()
+            for mark in SANITIZER_MARKS:
+                i = log.find(mark)
+                if i >= 0:
+                    # From the start of the report's line: the kind of
+                    # error and the first frames are what a reader needs.
+                    i = log.rfind("\n", 0, i) + 1
+                    problems.append("sanitizer report: %s" % log[i:i + 700])
+                    break
+        return problems
+
+
+def run_one(fn, base):
+    name = fn.__name__[len("test_"):]
+    dir_ = tempfile.mkdtemp(prefix=name[:20] + ".", dir=base)
+    ctx = Ctx(dir_)
+    t0 = time.monotonic()
+    err = None
+    try:
+        fn(ctx)
+    except TestFailure as e:
+        err = str(e)
+    except Exception as e:  # a test bug or an unexpected daemon answer
+        err = "%s: %s" % (type(e).__name__, e)
+        if VERBOSE:
+            traceback.print_exc()
+    problems = ctx.finish()
+    if err is None and problems:
+        err = "; ".join(problems)
+    elif problems:
+        err += " [also: %s]" % "; ".join(problems)
+    took = time.monotonic() - t0
+    if err is None:
+        print("ok %s (%.1fs)" % (name, took) if VERBOSE else "ok " + name,
+              flush=True)
+        shutil.rmtree(dir_, ignore_errors=True)
+        return True
+    err = err.replace("\n", " | ")
+    print("FAIL %s: %s" % (name, err), flush=True)
+    if VERBOSE:
+        print("  (files kept in %s)" % dir_, flush=True)
+    return False
+
+
+def main(argv):
+    global VERBOSE
+    pattern = None
+    i = 1
+    while i < len(argv):
+        if argv[i] == "-k" and i + 1 < len(argv):
+            pattern = argv[i + 1]
+            i += 2
+        elif argv[i] == "-v":
+            VERBOSE = True
+            i += 1
+        else:
+            print("usage: run.py [-k SUBSTRING] [-v]", file=sys.stderr)
+            return 2
+    if not os.access(BIN, os.X_OK):
+        print("no executable %s (build it with make, or set GRWHD_BIN)"
+              % BIN, file=sys.stderr)
+        return 2
+    base = tempfile.mkdtemp(prefix="grwhd-e2e.")
+    make_cert(base)
+    passed = failed = 0
+    for fn in TESTS:
+        if pattern and pattern not in fn.__name__:
+            continue
+        if run_one(fn, base):
+            passed += 1
+        else:
+            failed += 1
+    if not VERBOSE or failed == 0:
+        shutil.rmtree(base, ignore_errors=True)
+    print("%d passed, %d failed" % (passed, failed), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
