@@ -25,7 +25,7 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -pthread -MMD -MP $(WARN) $(PKG_CFLAGS) \
 ALL_LIBS   = $(PKG_LIBS) -pthread -lm
 
 CORE_SRC = core/util.c core/log.c core/auth.c core/batch.c core/spool.c \
-           core/dedupe.c core/spoolcmd.c core/legacy.c \
+           core/dedupe.c core/spoolcmd.c core/legacy.c core/keyset.c \
            core/intake.c core/dispatch.c core/server.c core/config.c \
            lua/convert.c lua/lib.c lua/runtime.c
 MAIN_SRC = core/main.c

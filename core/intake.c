@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "dispatch.h"
+#include "keyset.h"
 #include "log.h"
 
 /* Pending events read back per refill or due-retry query. */
@@ -60,6 +61,16 @@ struct intake {
     double next_poll;
     double next_prune;
     uint64_t rng;
+    /*
+     * Delivery keys: gen[0] takes new keys and becomes gen[1] after one
+     * window, when the old gen[1] is dropped; so a key is remembered for
+     * at least one window and at most two.  txn holds the keys of the
+     * transaction being written, merged into gen[0] once it commits.
+     */
+    struct keyset gen[2];
+    double gen_started;
+    struct keyset txn;
+    bool dedupe_oom;
 };
 
 double
@@ -215,6 +226,43 @@ fate(struct intake *in, const struct completion *c, double now,
     return SPOOL_SCHEDULED;
 }
 
+static bool
+seen(const struct intake *in, const unsigned char *key)
+{
+    return keyset_has(&in->gen[0], key) || keyset_has(&in->gen[1], key) ||
+           keyset_has(&in->txn, key);
+}
+
+/* After a commit: the transaction's keys join the window's. */
+static void
+keep_keys(struct intake *in, double now)
+{
+    if (now - in->gen_started >= in->conf.dedupe_window) {
+        struct keyset old = in->gen[1];
+
+        in->gen[1] = in->gen[0];
+        in->gen[0] = old;
+        keyset_clear(&in->gen[0]);
+        in->gen_started = now;
+    }
+    if (in->txn.n > 0 && !keyset_merge(&in->gen[0], &in->txn) &&
+        !in->dedupe_oom) {
+        in->dedupe_oom = true;
+        log_msg(LOG_ERROR, "out of memory for delivery keys: some repeated "
+                           "deliveries may run twice");
+    }
+    keyset_clear(&in->txn);
+}
+
+static void
+load_key(void *arg, const unsigned char *key, double seen_at)
+{
+    struct intake *in = arg;
+
+    (void)seen_at;
+    keyset_add(&in->gen[0], key);
+}
+
 static int
 write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
           double now)
@@ -231,11 +279,13 @@ write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
 
             ev->id = 0;
             if (dedupe && ev->has_key) {
-                fresh = spool_dedupe(in->spool, ev->key, now);
-                if (fresh < 0)
+                fresh = !seen(in, ev->key);
+                if (fresh && (!keyset_add(&in->txn, ev->key) ||
+                              spool_remember_key(in->spool, ev->key,
+                                                 now) != 0))
                     goto fail;
             }
-            if (fresh == 0)
+            if (!fresh)
                 j->duplicates++;
             else if (spool_insert(in->spool, ev) != 0)
                 goto fail;
@@ -259,10 +309,14 @@ write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
             in->next_due = next_at;
         c->result = st;
     }
-    if (spool_commit(in->spool) == 0)
+    if (spool_commit(in->spool) == 0) {
+        if (dedupe)
+            keep_keys(in, now);
         return 0;
+    }
 fail:
     spool_rollback(in->spool);
+    keyset_clear(&in->txn);
     return -1;
 }
 
@@ -436,6 +490,14 @@ intake_start(struct spool *s, const struct intake_conf *conf,
         return NULL;
     }
     in->next_due = spool_next_due(s);
+    in->gen_started = util_now();
+    if (conf->dedupe_window > 0 &&
+        spool_each_key(s, in->gen_started - conf->dedupe_window, load_key,
+                       in) < 0) {
+        gerr_set(err, "spool: %s", spool_errmsg(s));
+        free(in);
+        return NULL;
+    }
     in->rng = (uint64_t)(util_now() * 1e6) ^ ((uint64_t)getpid() << 32) ^
               0x9e3779b97f4a7c15ULL;
     pthread_mutex_init(&in->mu, NULL);
@@ -549,6 +611,9 @@ intake_stop(struct intake *in)
     pthread_join(in->thread, NULL);
     free_completions(in->done);
     spool_close(in->spool);
+    keyset_free(&in->gen[0]);
+    keyset_free(&in->gen[1]);
+    keyset_free(&in->txn);
     pthread_mutex_destroy(&in->mu);
     pthread_cond_destroy(&in->cv);
     pthread_cond_destroy(&in->ack);

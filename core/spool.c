@@ -66,10 +66,15 @@ static const char schema[] =
     " WHERE state = 3;"
     "CREATE INDEX IF NOT EXISTS outcomes_done ON outcomes (finished_at)"
     " WHERE state = 1;"
-    /* Keys arrive in time order, so rowid order is age order. */
+    /*
+     * Delivery keys, appended in time order (rowid order is age order) and
+     * never looked up here: the daemon keeps the window's keys in memory
+     * and reads them back at start.  An index on random keys would make
+     * every commit rewrite pages all over it.
+     */
     "CREATE TABLE IF NOT EXISTS dedupe ("
     " seq INTEGER PRIMARY KEY,"
-    " key BLOB NOT NULL UNIQUE,"
+    " key BLOB NOT NULL,"
     " seen_at REAL NOT NULL);"
     "PRAGMA user_version = 1;";
 
@@ -234,8 +239,7 @@ spool_open(const char *path, struct gerr *err)
                 " finished_at = excluded.finished_at,"
                 " next_at = excluded.next_at",
                 &s->record) ||
-        prepare(s,
-                "INSERT OR IGNORE INTO dedupe (key, seen_at) VALUES (?, ?)",
+        prepare(s, "INSERT INTO dedupe (key, seen_at) VALUES (?, ?)",
                 &s->dedupe) ||
         prepare(s,
                 "SELECT e.id, e.received_at, e.type, e.contact, e.webhook_id,"
@@ -559,7 +563,7 @@ spool_record(struct spool *s, int64_t id, enum spool_state state,
 }
 
 int
-spool_dedupe(struct spool *s, const unsigned char *key, double now)
+spool_remember_key(struct spool *s, const unsigned char *key, double now)
 {
     sqlite3_stmt *st = s->dedupe;
     int rc;
@@ -568,9 +572,33 @@ spool_dedupe(struct spool *s, const unsigned char *key, double now)
     sqlite3_bind_double(st, 2, now);
     rc = step_done(st);
     sqlite3_clear_bindings(st);
-    if (rc != 0)
+    return rc;
+}
+
+int
+spool_each_key(struct spool *s, double since,
+               void (*fn)(void *arg, const unsigned char *key, double seen),
+               void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    int n = 0, rc;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT key, seen_at FROM dedupe WHERE seq >="
+                           " coalesce((SELECT seq FROM dedupe WHERE seen_at"
+                           " >= ?1 ORDER BY seq LIMIT 1), 9223372036854775807)"
+                           " ORDER BY seq",
+                           -1, &st, NULL) != SQLITE_OK)
         return -1;
-    return sqlite3_changes(s->db) > 0 ? 1 : 0;
+    sqlite3_bind_double(st, 1, since);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (sqlite3_column_bytes(st, 0) != GRWHD_DEDUPE_KEY)
+            continue;
+        fn(arg, sqlite3_column_blob(st, 0), sqlite3_column_double(st, 1));
+        n++;
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? n : -1;
 }
 
 int

@@ -84,11 +84,14 @@ int spool_finish(struct spool *s, int64_t id, bool ok, const char *error);
  */
 int spool_record(struct spool *s, int64_t id, enum spool_state state,
                  int attempts, const char *error, double next_at);
-/*
- * Remembers key at time now.  Returns 1 when it is new, 0 when it was
- * seen already (a duplicate delivery), -1 on error.
- */
-int spool_dedupe(struct spool *s, const unsigned char *key, double now);
+/* Appends a delivery key seen at time now. */
+int spool_remember_key(struct spool *s, const unsigned char *key, double now);
+/* Calls fn for every key seen at or after since, oldest first; returns
+ * how many, or -1. */
+int spool_each_key(struct spool *s, double since,
+                   void (*fn)(void *arg, const unsigned char *key,
+                              double seen),
+                   void *arg);
 /*
  * Deletes done events finished before done_before and delivery keys seen
  * before keys_before, at most limit of each.  Returns how many rows went.

@@ -47,6 +47,39 @@ handled() {
         FROM events WHERE state = 1"
 }
 
+# solo LABEL ARGS...: grwhd alone under batch100 with extra ARGS; prints
+# acked and handled events/s.  The handled rate counts outcomes recorded
+# from the first to the last finish, so it is the workers' sustained rate.
+solo() {
+    local label=$1 dir port pid res db
+    shift
+    dir=$(mktemp -d "$out/solo.XXXXXX")
+    port=$((20000 + RANDOM % 10000))
+    "$root/grwhd" --listen "127.0.0.1:$port" --secret s3cr3t \
+        --script "$BENCH_DIR/grwhd/handler.lua" --spool "$dir/spool.db" \
+        "$@" 2>"$dir/log" &
+    pid=$!
+    for _ in $(seq 50); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+        sleep 0.1
+    done
+    res=$(wrk -t2 -c32 -d"${DURATION:-10}s" -s "$BENCH_DIR/wrk/post.lua" \
+        "http://127.0.0.1:$port/webhook?secret=s3cr3t" -- \
+        "$BENCH_DIR/payloads/batch100.json" body unique 0 | grep '^RESULT')
+    sleep 2
+    kill -TERM "$pid"
+    wait "$pid" || true
+    db=$dir/spool.db
+    awk -v label="$label" -v handled="$(sqlite3 "$db" "SELECT CASE WHEN
+        max(finished_at) > min(finished_at) THEN round(count(*) /
+        (max(finished_at) - min(finished_at))) ELSE 0 END FROM outcomes
+        WHERE state = 1")" '{
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+        printf "%-28s acked %8.0f ev/s   handled %8.0f ev/s\n", label,
+            v["rps"] * 100, handled }' <<<"$res"
+}
+
+if [[ ${ONLY:-} != solo ]]; then
 echo "== flat out: single and batch100"
 RUN_DIR=$out/flat OUT=$out/flat.tsv "$BENCH_DIR/run-peers.sh" || true
 echo
@@ -81,3 +114,11 @@ awk -F'\t' -v handled="$handled_eps" -v done_n="$done_n" \
         printf "idle RSS                %s MiB (target < 20 MiB)\n",
             idle["grwhd"]
     }' "$out/flat.tsv"
+fi
+
+echo
+echo "== grwhd alone, batch100: workers and de-duplication"
+for w in 1 2 4; do
+    solo "workers=$w" --workers "$w"
+done
+solo "workers=2 dedupe off" --workers 2 --dedupe-window 0

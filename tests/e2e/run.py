@@ -1291,6 +1291,24 @@ def test_identical_batch_twice_once(ctx):
           "access line does not count the duplicates")
 
 
+def test_dedupe_survives_restart(ctx):
+    """GetResponse may retry after grwhd restarted: still handled once."""
+    spool = os.path.join(ctx.dir, "spool.db")
+    d = ctx.daemon(spool=spool)
+    ev = event_with_id(fixture("contact_added.json"), "dr-1")
+    wid = str(uuid.uuid4())
+    expect_ok(d.post(ev, headers={"X-Webhook-ID": wid}), "first")
+    d.wait_calls(1)
+    check(d.stop() == 0, "stop")
+    d2 = ctx.daemon(spool=spool, out=d.out)
+    expect_ok(d2.post(ev, headers={"X-Webhook-ID": wid}), "retry")
+    expect_ok(d2.post(event_with_id(ev, "dr-2")), "a new one")
+    d2.wait_calls(2)
+    time.sleep(0.5)
+    got = sorted(r["cid"] for r in d2.calls())
+    check(got == ["dr-1", "dr-2"], "calls after restart: %r" % got)
+
+
 def test_dedupe_window_zero_turns_it_off(ctx):
     d = ctx.daemon(args=["--dedupe-window", "0"])
     ev = event_with_id(fixture("contact_added.json"), "dz-1")
@@ -1400,6 +1418,7 @@ TESTS = [
     test_dead_letters_listed_and_retried,
     test_identical_batch_twice_once,
     test_dedupe_window_zero_turns_it_off,
+    test_dedupe_survives_restart,
     test_kill9_mid_handler_counts_attempt,
     test_full_disk_503_then_recovery,
 ]
