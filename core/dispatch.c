@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -21,10 +22,12 @@ struct worker {
     struct spool_event **ring;
     size_t head, count;
     bool stop;
+    unsigned generation;    /* of the script its state was built from */
 };
 
 struct dispatch {
     struct dispatch_conf conf;
+    atomic_uint generation; /* bumped by dispatch_reload */
     pthread_mutex_t exit_mu;
     pthread_cond_t exit_cv;
     int exited;             /* workers whose thread has returned */
@@ -61,6 +64,39 @@ log_handled(const struct spool_event *ev, double seconds)
     log_end(&l);
 }
 
+/*
+ * Swaps in a state built afresh from the script, between events.  If the
+ * new one cannot be built the old one goes on, and the error is logged
+ * (file:line for the script's own faults).
+ */
+static void
+rebuild(struct worker *w, const char *why)
+{
+    struct dispatch *d = w->d;
+    unsigned gen = atomic_load(&d->generation);
+    struct gerr err;
+    struct lrt *rt = lrt_new(d->conf.lua, w->index, &err);
+    struct log_line l;
+
+    w->generation = gen;
+    if (rt == NULL) {
+        if (log_begin(&l, LOG_ERROR, "script reload failed, old one kept")) {
+            log_int(&l, "worker", w->index);
+            log_str(&l, "why", why);
+            log_str(&l, "error", err.msg);
+            log_end(&l);
+        }
+        return;
+    }
+    lrt_free(w->rt);
+    w->rt = rt;
+    if (log_begin(&l, LOG_INFO, "script loaded")) {
+        log_int(&l, "worker", w->index);
+        log_str(&l, "why", why);
+        log_end(&l);
+    }
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -74,11 +110,17 @@ worker_main(void *arg)
         bool ok;
 
         pthread_mutex_lock(&w->mu);
-        while (w->count == 0 && !w->stop)
+        while (w->count == 0 && !w->stop &&
+               w->generation == atomic_load(&d->generation))
             pthread_cond_wait(&w->cv, &w->mu);
         if (w->stop) {
             pthread_mutex_unlock(&w->mu);
             break;
+        }
+        if (w->generation != atomic_load(&d->generation)) {
+            pthread_mutex_unlock(&w->mu);
+            rebuild(w, "reload");
+            continue;
         }
         ev = w->ring[w->head];
         w->head = (w->head + 1) % d->conf.queue_cap;
@@ -93,6 +135,8 @@ worker_main(void *arg)
         if (ok)
             log_handled(ev, util_mono() - t0);
         d->conf.done(d->conf.done_arg, ev, ok, ok ? NULL : err.msg);
+        if (lrt_spent(w->rt))
+            rebuild(w, "memory limit");
     }
     pthread_mutex_lock(&d->exit_mu);
     d->exited++;
@@ -107,6 +151,7 @@ dispatch_start(const struct dispatch_conf *conf, struct gerr *err)
     struct dispatch *d = xcalloc(1, sizeof(*d));
 
     d->conf = *conf;
+    atomic_init(&d->generation, 0);
     pthread_mutex_init(&d->exit_mu, NULL);
     pthread_cond_init(&d->exit_cv, NULL);
     d->w = xcalloc((size_t)conf->workers, sizeof(*d->w));
@@ -133,6 +178,19 @@ dispatch_start(const struct dispatch_conf *conf, struct gerr *err)
 fail:
     dispatch_stop(d, 0);
     return NULL;
+}
+
+void
+dispatch_reload(struct dispatch *d)
+{
+    atomic_fetch_add(&d->generation, 1);
+    for (int i = 0; i < d->conf.workers; i++) {
+        struct worker *w = &d->w[i];
+
+        pthread_mutex_lock(&w->mu);
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+    }
 }
 
 bool

@@ -34,6 +34,11 @@ struct dispatch;
 struct dispatch *dispatch_start(const struct dispatch_conf *conf,
                                 struct gerr *err);
 /*
+ * Has every worker build a fresh state from the script between events; a
+ * worker whose new state fails to load keeps its old one.
+ */
+void dispatch_reload(struct dispatch *d);
+/*
  * Queues ev for the worker that owns its contact, so one contact's events
  * run in the order offered.  Returns false, keeping ev the caller's, when
  * that worker's queue is full.

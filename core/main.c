@@ -16,6 +16,7 @@
 #include "server.h"
 #include "spool.h"
 #include "spoolcmd.h"
+#include "watch.h"
 #include "../lua/runtime.h"
 
 /* Events each worker holds in memory; the rest wait in the spool. */
@@ -24,6 +25,8 @@
 #define GRWHD_FEED_MAX (64L << 20)
 /* How long shutdown waits for requests whose events are being stored. */
 #define GRWHD_DRAIN_SECONDS 5.0
+/* How often the script's folder is looked at for changes. */
+#define GRWHD_WATCH_TICK_NS (500L * 1000 * 1000)
 /* Beyond --handler-timeout, how long shutdown waits for a handler. */
 #define GRWHD_STOP_GRACE 5.0
 
@@ -65,6 +68,33 @@ lua_conf(const struct config *c)
     return lc;
 }
 
+/*
+ * Loads the script once here first, so a broken version is reported once
+ * (with file:line) and never reaches the workers; a good one makes each
+ * worker build its own fresh state between events.
+ */
+static void
+reload(const struct config *c, const struct lrt_conf *lc, struct dispatch *d,
+       const char *why)
+{
+    struct gerr err;
+    struct lrt *trial = lrt_new(lc, -1, &err);
+    struct log_line l;
+
+    if (trial == NULL) {
+        if (log_begin(&l, LOG_ERROR, "script reload failed, old one kept")) {
+            log_str(&l, "why", why);
+            log_str(&l, "script", c->script);
+            log_str(&l, "error", err.msg);
+            log_end(&l);
+        }
+        return;
+    }
+    lrt_free(trial);
+    log_msg_str(LOG_INFO, "reloading script", "why", why);
+    dispatch_reload(d);
+}
+
 static int
 serve(struct config *c)
 {
@@ -76,6 +106,7 @@ serve(struct config *c)
     struct dispatch *d = NULL;
     struct server *srv = NULL;
     sigset_t sigs;
+    uint64_t watched, seen;
     int sig, rc = 1;
 
     if (load_secrets(c, &auth, &err) != 0) {
@@ -166,14 +197,28 @@ serve(struct config *c)
             log_end(&l);
         }
     }
+    watched = seen = watch_fingerprint(c->script);
     for (;;) {
-        if (sigwait(&sigs, &sig) != 0)
+        struct timespec tick = {0, GRWHD_WATCH_TICK_NS};
+
+        sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig < 0) {
+            /* Reload once a change has held still for a tick: editors
+             * and git write in several steps. */
+            uint64_t now = watch_fingerprint(c->script);
+
+            if (now != watched && now == seen) {
+                watched = now;
+                reload(c, &lc, d, "script changed");
+            }
+            seen = now;
             continue;
+        }
         if (sig == SIGHUP) {
-            /* XXX(reload): SIGHUP does not reload the script, TLS files or
-             * secrets yet; a restart does. */
-            log_msg(LOG_WARN, "SIGHUP ignored: reload is not supported yet; "
-                              "restart to load changes");
+            /* XXX(reload): SIGHUP reloads the script only; TLS files and
+             * the secret file are read at start. */
+            reload(c, &lc, d, "SIGHUP");
+            watched = seen = watch_fingerprint(c->script);
             continue;
         }
         log_msg_str(LOG_INFO, "shutting down", "signal", strsignal(sig));

@@ -22,6 +22,7 @@ struct lrt {
     size_t mem_used;
     double deadline;            /* monotonic; 0 when no call is running */
     bool timed_out;
+    bool spent;             /* an allocation was refused by the bound */
     int handlers;               /* registry ref of the handler table */
     const struct spool_event *cur;
 };
@@ -55,8 +56,10 @@ rt_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         return NULL;
     }
     if (rt->conf.memory_limit > 0 && nsize > osize &&
-        rt->mem_used + (nsize - osize) > rt->conf.memory_limit)
+        rt->mem_used + (nsize - osize) > rt->conf.memory_limit) {
+        rt->spent = true;
         return NULL;
+    }
     p = realloc(ptr, nsize);
     if (p == NULL)
         return NULL;
@@ -343,6 +346,12 @@ lrt_call(struct lrt *rt, const struct spool_event *ev, struct gerr *err)
     rt->cur = NULL;
     lua_settop(L, top);
     return rc;
+}
+
+bool
+lrt_spent(const struct lrt *rt)
+{
+    return rt->spent;
 }
 
 void

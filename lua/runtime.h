@@ -2,6 +2,7 @@
 #ifndef GRWHD_RUNTIME_H
 #define GRWHD_RUNTIME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +35,12 @@ void lrt_free(struct lrt *rt);
  * or -1 with the error and traceback in err.
  */
 int lrt_call(struct lrt *rt, const struct spool_event *ev, struct gerr *err);
+
+/*
+ * True once the state ran out of its memory bound: the caller should
+ * build a new one, since the old may hold what filled it.
+ */
+bool lrt_spent(const struct lrt *rt);
 
 /* Calls fn with the name of every event type the script handles. */
 void lrt_types(struct lrt *rt, void (*fn)(void *arg, const char *name),
