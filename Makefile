@@ -28,7 +28,7 @@ CORE_SRC = core/util.c core/log.c core/auth.c core/batch.c core/spool.c \
            core/dedupe.c core/spoolcmd.c core/legacy.c core/keyset.c \
            core/watch.c \
            core/intake.c core/dispatch.c core/server.c core/config.c \
-           lua/convert.c lua/lib.c lua/runtime.c
+           lua/convert.c lua/lib.c lua/runtime.c lua/http.c lua/types.c
 MAIN_SRC = core/main.c
 TEST_SRC = tests/check_main.c tests/check_auth.c tests/check_batch.c \
            tests/check_convert.c tests/check_spool.c tests/check_log.c \

@@ -1,11 +1,14 @@
 /* main.c - command line, signals, and the wiring of the daemon. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <curl/curl.h>
 
 #include "auth.h"
 #include "batch.h"
@@ -18,6 +21,7 @@
 #include "spoolcmd.h"
 #include "watch.h"
 #include "../lua/runtime.h"
+#include "../lua/types.h"
 
 /* Events each worker holds in memory; the rest wait in the spool. */
 #define GRWHD_QUEUE_PER_WORKER 1024
@@ -41,6 +45,8 @@ usage(FILE *out)
             "through the handlers now\n"
             "       grwhd spool --spool FILE stats|dead [--json]|retry ID...|"
             "retry --all|purge-dead --yes\n"
+            "       grwhd new [FILE]                        write a starter "
+            "handler script\n"
             "       grwhd --help | --version\n\noptions:\n");
     config_usage(out);
 }
@@ -267,6 +273,38 @@ cmp_name(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Warnings for names that will never see an event, as far as we know. */
+static void
+check_names(const struct names *ns)
+{
+    bool has_default = false;
+
+    for (size_t i = 0; i < ns->n; i++) {
+        const char *name = ns->v[i], *hint;
+
+        if (strcmp(name, "default") == 0) {
+            has_default = true;
+            continue;
+        }
+        if (types_is_known(name))
+            continue;
+        hint = types_suggest(name);
+        if (hint != NULL)
+            fprintf(stderr, "warning: '%s' is not a GetResponse event type; "
+                            "did you mean '%s'?\n", name, hint);
+        else
+            fprintf(stderr, "warning: '%s' is not a known GetResponse event "
+                            "type; it runs only if such events arrive\n",
+                    name);
+    }
+    if (ns->n == 0)
+        fprintf(stderr, "warning: no handler and no default: every event "
+                        "would be skipped\n");
+    else if (!has_default)
+        fprintf(stderr, "note: no default handler: events of other types "
+                        "are stored and skipped\n");
+}
+
 static int
 check(struct config *c)
 {
@@ -283,12 +321,61 @@ check(struct config *c)
     lrt_free(rt);
     qsort(ns.v, ns.n, sizeof(*ns.v), cmp_name);
     printf("%s: ok; handles:", c->script);
-    for (size_t i = 0; i < ns.n; i++) {
+    for (size_t i = 0; i < ns.n; i++)
         printf(" %s", ns.v[i]);
-        free(ns.v[i]);
-    }
     printf("%s\n", ns.n ? "" : " nothing");
+    check_names(&ns);
+    for (size_t i = 0; i < ns.n; i++)
+        free(ns.v[i]);
     free(ns.v);
+    return 0;
+}
+
+/* Writes a starter script with one commented function per known type. */
+static int
+new_script(const struct config *c)
+{
+    const char *path = c->nargs > 0 ? c->args[0] : "handler.lua";
+    FILE *f;
+    int fd;
+
+    if (c->nargs > 1) {
+        fprintf(stderr, "grwhd: new takes one file name\n");
+        return 2;
+    }
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd < 0 || (f = fdopen(fd, "w")) == NULL) {
+        fprintf(stderr, "grwhd: %s: %s%s\n", path, strerror(errno),
+                errno == EEXIST ? " (not overwritten)" : "");
+        if (fd >= 0)
+            close(fd);
+        return 1;
+    }
+    fputs("-- A grwhd handler: grwhd calls on.<type>(ev, meta) once per "
+          "event.\n"
+          "-- ev is the event's JSON as a table, meta has id, attempt, "
+          "type, ...\n"
+          "-- Raising an error fails the attempt; it is retried later.\n"
+          "-- Reference: docs/lua.md.  Try it: grwhd feed --script "
+          "THIS_FILE payload.json\n"
+          "local on = {}\n\n", f);
+    for (int i = 0; types_known[i]; i++)
+        fprintf(f,
+                "-- function on.%s(ev, meta)\n"
+                "--   local c = ev.contact or {}\n"
+                "--   grwhd.log.info(\"%s\", { contact = c.contactId })\n"
+                "-- end\n\n",
+                types_known[i], types_known[i]);
+    fputs("-- Any type without its own function, including new ones.\n"
+          "function on.default(ev, meta)\n"
+          "  grwhd.log.info(\"event\", { type = meta.type, id = meta.id })\n"
+          "end\n\n"
+          "return on\n", f);
+    if (fclose(f) != 0) {
+        fprintf(stderr, "grwhd: %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    printf("wrote %s; try: grwhd check --script %s\n", path, path);
     return 0;
 }
 
@@ -417,6 +504,8 @@ main(int argc, char **argv)
         cmd = argv[1];
         first = 2;
     }
+    /* Before any thread: libcurl's global set-up is not thread-safe. */
+    curl_global_init(CURL_GLOBAL_DEFAULT);
     config_defaults(&c);
     if (config_parse(&c, argc - first, argv + first, &err) != 0) {
         fprintf(stderr, "grwhd: %s\n", err.msg);
@@ -432,6 +521,8 @@ main(int argc, char **argv)
         rc = 0;
     } else if (strcmp(cmd, "spool") == 0) {
         rc = spoolcmd_run(&c);
+    } else if (strcmp(cmd, "new") == 0 || strcmp(cmd, "init") == 0) {
+        rc = new_script(&c);
     } else if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "check") != 0 &&
                strcmp(cmd, "feed") != 0) {
         fprintf(stderr, "grwhd: unknown command '%s' (see --help)\n", cmd);

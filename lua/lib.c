@@ -8,6 +8,7 @@
 #include "../core/log.h"
 #include "../core/util.h"
 #include "convert.h"
+#include "http.h"
 #include "runtime.h"
 
 /* grwhd.log.<level>(msg [, fields]) */
@@ -95,6 +96,11 @@ static const luaL_Reg log_funcs[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg http_funcs[] = {
+    {"request", l_http_request},
+    {NULL, NULL},
+};
+
 static const luaL_Reg json_funcs[] = {
     {"encode", l_json_encode},
     {"decode", l_json_decode},
@@ -105,11 +111,14 @@ int
 lib_open(lua_State *L)
 {
     convert_init(L);
+    http_init(L);
     lua_newtable(L);                    /* grwhd */
     luaL_newlib(L, log_funcs);
     lua_setfield(L, -2, "log");
     luaL_newlib(L, json_funcs);
     lua_setfield(L, -2, "json");
+    luaL_newlib(L, http_funcs);
+    lua_setfield(L, -2, "http");
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");
     lua_pushcfunction(L, l_now);

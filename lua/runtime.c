@@ -41,6 +41,16 @@ lrt_current(lua_State *L)
     return rt ? rt->cur : NULL;
 }
 
+double
+lrt_time_left(lua_State *L)
+{
+    struct lrt *rt = rt_of(L);
+
+    if (rt == NULL || rt->deadline <= 0)
+        return -1;
+    return rt->deadline - util_mono();
+}
+
 /* Counts every byte a state holds; growth past the limit fails. */
 static void *
 rt_alloc(void *ud, void *ptr, size_t osize, size_t nsize)

@@ -46,6 +46,9 @@ bool lrt_spent(const struct lrt *rt);
 void lrt_types(struct lrt *rt, void (*fn)(void *arg, const char *name),
                void *arg);
 
+/* Seconds left of the running handler's time, or -1 when unbounded. */
+double lrt_time_left(lua_State *L);
+
 /* The event being handled on L's state (NULL outside a handler). */
 const struct spool_event *lrt_current(lua_State *L);
 
