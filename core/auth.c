@@ -45,7 +45,7 @@ auth_add(struct auth *a, const char *secret, size_t len, struct gerr *err)
 int
 auth_add_file(struct auth *a, const char *path, struct gerr *err)
 {
-    char line[GRWHD_AUTH_SECRET_MAX + 2];
+    char line[GRWHD_AUTH_SECRET_MAX + 3];      /* + CR LF NUL */
     int lineno = 0, rc = 0;
     FILE *f = fopen(path, "r");
 

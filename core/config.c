@@ -2,6 +2,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,6 +127,8 @@ parse_long(const char *v, long *out, int size_suffix)
     n = strtol(v, &end, 10);
     if (errno != 0 || end == v)
         return -1;
+    if (size_suffix && n < 0)
+        return -1;
     if (size_suffix && *end != '\0') {
         long mul = 1;
         switch (toupper((unsigned char)*end)) {
@@ -170,8 +173,8 @@ set_opt(struct config *c, const struct opt *o, const char *v, const char *src,
     case OPT_SEC:
         errno = 0;
         d = strtod(v, &end);
-        if (errno != 0 || end == v || *end != '\0' || d < (double)o->min ||
-            d > (double)o->max)
+        if (errno != 0 || end == v || *end != '\0' || !isfinite(d) ||
+            d < (double)o->min || d > (double)o->max)
             goto bad;
         *(double *)(base + o->off) = d;
         return 0;

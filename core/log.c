@@ -37,14 +37,23 @@ log_level_parse(const char *s, enum log_level *out)
     return -1;
 }
 
+/* Room kept at the end of a line: an ellipsis, a quote, a brace, \n. */
+#define LOG_TAIL 8
+
 static void
 put(struct log_line *l, const char *s, size_t n)
 {
-    /* Keep room for the closing brace and newline. */
-    size_t room = sizeof(l->buf) - 3 - l->len;
+    size_t room;
 
-    if (n > room)
+    if (l->full || l->len >= sizeof(l->buf) - LOG_TAIL) {
+        l->cut = true;
+        return;
+    }
+    room = sizeof(l->buf) - LOG_TAIL - l->len;
+    if (n > room) {
         n = room;
+        l->cut = true;
+    }
     memcpy(l->buf + l->len, s, n);
     l->len += n;
 }
@@ -93,18 +102,57 @@ put_escaped(struct log_line *l, const char *s, size_t n)
     }
 }
 
+/* Keys may come from a script: anything but [A-Za-z0-9_.-] becomes '_'. */
+/*
+ * Ends a quoted value.  A line that ran out of room ends here too: the
+ * reserved tail takes an ellipsis and the quote, so a cut line still
+ * parses (and a cut escape sequence is dropped, not left half).
+ */
+static void
+close_quote(struct log_line *l)
+{
+    if (l->cut) {
+        size_t n = l->len, bs = 0;
+
+        while (n > 0 && l->buf[n - 1] == '\\') {
+            n--;
+            bs++;
+        }
+        l->len -= bs % 2;
+        /* A \u00XX cut short: drop the partial escape. */
+        for (size_t back = 1; back < 6 && back <= l->len; back++) {
+            if (l->buf[l->len - back] == '\\') {
+                if (back < 6 && l->buf[l->len - back + 1] == 'u')
+                    l->len -= back;
+                break;
+            }
+        }
+        memcpy(l->buf + l->len, "...\"", 4);
+        l->len += 4;
+        l->full = true;
+        return;
+    }
+    l->buf[l->len++] = '"';
+}
+
 static void
 put_key(struct log_line *l, const char *key)
 {
-    if (log_fmt == LOG_FORMAT_JSON) {
+    if (log_fmt == LOG_FORMAT_JSON)
         put(l, ",\"", 2);
-        put(l, key, strlen(key));
-        put(l, "\":", 2);
-    } else {
+    else
         putc1(l, ' ');
-        put(l, key, strlen(key));
-        putc1(l, '=');
+    for (const char *k = key; *k; k++) {
+        char c = *k;
+        bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                     (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+                     c == '-';
+        putc1(l, plain ? c : '_');
     }
+    if (log_fmt == LOG_FORMAT_JSON)
+        put(l, "\":", 2);
+    else
+        putc1(l, '=');
 }
 
 bool
@@ -120,6 +168,7 @@ log_begin(struct log_line *l, enum log_level level, const char *msg)
         return false;
     l->level = level;
     l->len = 0;
+    l->cut = l->full = false;
     clock_gettime(CLOCK_REALTIME, &now);
     gmtime_r(&now.tv_sec, &tm);
     n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
@@ -140,7 +189,7 @@ log_begin(struct log_line *l, enum log_level level, const char *msg)
 void
 log_strn(struct log_line *l, const char *key, const char *val, size_t n)
 {
-    if (!l->on)
+    if (!l->on || l->full)
         return;
     if (val == NULL) {
         val = "";
@@ -150,7 +199,7 @@ log_strn(struct log_line *l, const char *key, const char *val, size_t n)
     if (log_fmt == LOG_FORMAT_JSON || needs_quotes(val, n)) {
         putc1(l, '"');
         put_escaped(l, val, n);
-        putc1(l, '"');
+        close_quote(l);
     } else {
         put(l, val, n);
     }
@@ -168,7 +217,7 @@ log_int(struct log_line *l, const char *key, long long val)
     char tmp[32];
     int n;
 
-    if (!l->on)
+    if (!l->on || l->full)
         return;
     n = snprintf(tmp, sizeof(tmp), "%lld", val);
     put_key(l, key);
@@ -181,7 +230,7 @@ log_num(struct log_line *l, const char *key, double val)
     char tmp[48];
     int n;
 
-    if (!l->on)
+    if (!l->on || l->full)
         return;
     n = snprintf(tmp, sizeof(tmp), "%.3f", val);
     put_key(l, key);

@@ -26,6 +26,8 @@ enum log_format {
  */
 struct log_line {
     bool on;
+    bool cut;           /* ran out of room; the rest is dropped */
+    bool full;          /* closed after a cut: nothing more is added */
     enum log_level level;
     size_t len;
     char buf[GRWHD_LOG_LINE_MAX];

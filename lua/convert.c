@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -172,32 +173,50 @@ dec_string(struct dec *d)
     luaL_pushresult(&b);
 }
 
+static bool
+is_digit_at(const struct dec *d, size_t i)
+{
+    return i < d->len && d->s[i] >= '0' && d->s[i] <= '9';
+}
+
+/* RFC 8259 numbers only: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
 static void
 dec_number(struct dec *d)
 {
     size_t start = d->pos;
-    int is_float = 0;
+    bool is_float = false;
     char tmp[64];
     size_t n;
 
-    if (d->s[d->pos] == '-')
+    if (d->pos < d->len && d->s[d->pos] == '-')
         d->pos++;
-    if (d->pos >= d->len || d->s[d->pos] < '0' || d->s[d->pos] > '9')
-        dec_fail(d, "bad number");
-    if (d->s[d->pos] == '0' && d->pos + 1 < d->len &&
-        d->s[d->pos + 1] >= '0' && d->s[d->pos + 1] <= '9')
-        dec_fail(d, "leading zero in number");
-    while (d->pos < d->len) {
-        char c = d->s[d->pos];
-        if (c >= '0' && c <= '9') {
+    if (!is_digit_at(d, d->pos))
+        dec_fail(d, "unexpected character");
+    if (d->s[d->pos] == '0') {
+        d->pos++;
+        if (is_digit_at(d, d->pos))
+            dec_fail(d, "leading zero in number");
+    } else {
+        while (is_digit_at(d, d->pos))
             d->pos++;
-        } else if (c == '.' || c == 'e' || c == 'E' || c == '+' ||
-                   (c == '-' && d->pos > start)) {
-            is_float = 1;
+    }
+    if (d->pos < d->len && d->s[d->pos] == '.') {
+        is_float = true;
+        d->pos++;
+        if (!is_digit_at(d, d->pos))
+            dec_fail(d, "digits expected after '.'");
+        while (is_digit_at(d, d->pos))
             d->pos++;
-        } else {
-            break;
-        }
+    }
+    if (d->pos < d->len && (d->s[d->pos] == 'e' || d->s[d->pos] == 'E')) {
+        is_float = true;
+        d->pos++;
+        if (d->pos < d->len && (d->s[d->pos] == '+' || d->s[d->pos] == '-'))
+            d->pos++;
+        if (!is_digit_at(d, d->pos))
+            dec_fail(d, "digits expected in exponent");
+        while (is_digit_at(d, d->pos))
+            d->pos++;
     }
     n = d->pos - start;
     if (n >= sizeof(tmp))
@@ -205,25 +224,17 @@ dec_number(struct dec *d)
     memcpy(tmp, d->s + start, n);
     tmp[n] = '\0';
     if (!is_float) {
-        char *end;
         long long v;
 
         errno = 0;
-        v = strtoll(tmp, &end, 10);
-        if (errno == 0 && *end == '\0') {
+        v = strtoll(tmp, NULL, 10);
+        if (errno == 0) {
             lua_pushinteger(d->L, (lua_Integer)v);
             return;
         }
-        /* Too large for an integer: fall through to a float. */
+        /* Too large for an integer: a float, as JSON readers agree. */
     }
-    {
-        char *end;
-        double v = strtod(tmp, &end);
-
-        if (*end != '\0' || end == tmp)
-            dec_fail(d, "bad number");
-        lua_pushnumber(d->L, (lua_Number)v);
-    }
+    lua_pushnumber(d->L, (lua_Number)strtod(tmp, NULL));
 }
 
 static void

@@ -2,6 +2,7 @@
 #include "runtime.h"
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,6 +78,13 @@ rt_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
+static int
+timeout_tostring(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    return 1;
+}
+
 /*
  * Once past the deadline the hook fires on every instruction and raises
  * each time, so a pcall inside the script cannot absorb the timeout.
@@ -90,10 +98,28 @@ rt_hook(lua_State *L, lua_Debug *ar)
     if (rt->deadline <= 0 || util_mono() < rt->deadline)
         return;
     if (!rt->timed_out) {
+        char msg[64];
+
         rt->timed_out = true;
-        lua_sethook(L, rt_hook, LUA_MASKCOUNT, 1);
+        /*
+         * A table with __tostring rather than a string: coroutine.wrap
+         * and error() prefix a position to string errors only, and the
+         * message should read the same wherever the deadline struck.
+         */
+        snprintf(msg, sizeof(msg), "handler timed out after %g s",
+                 rt->conf.handler_timeout);
+        lua_createtable(L, 0, 0);
+        lua_createtable(L, 0, 1);
+        lua_pushstring(L, msg);
+        lua_pushcclosure(L, timeout_tostring, 1);
+        lua_setfield(L, -2, "__tostring");
+        lua_setmetatable(L, -2);
+        lua_setfield(L, LUA_REGISTRYINDEX, "grwhd.timeout");
     }
-    luaL_error(L, "handler timed out after %.3g s", rt->conf.handler_timeout);
+    /* Every thread, coroutines too, raises at its next instruction. */
+    lua_sethook(L, rt_hook, LUA_MASKCOUNT, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, "grwhd.timeout");
+    lua_error(L);
 }
 
 static int
@@ -104,9 +130,10 @@ msgh(lua_State *L)
     if (msg == NULL) {
         if (luaL_callmeta(L, 1, "__tostring") &&
             lua_type(L, -1) == LUA_TSTRING)
-            return 1;
-        msg = lua_pushfstring(L, "(error object is a %s value)",
-                              luaL_typename(L, 1));
+            msg = lua_tostring(L, -1);
+        else
+            msg = lua_pushfstring(L, "(error object is a %s value)",
+                                  luaL_typename(L, 1));
     }
     luaL_traceback(L, L, msg, 1);
     return 1;
@@ -235,6 +262,11 @@ lrt_new(const struct lrt_conf *conf, int worker, struct gerr *err)
     }
     *(struct lrt **)lua_getextraspace(L) = rt;
     lua_gc(L, LUA_GCGEN, 0, 0);
+    /*
+     * The hook is set before anything runs, so every coroutine (each
+     * inherits its creator's hook) is bound by the handler's deadline.
+     */
+    lua_sethook(L, rt_hook, LUA_MASKCOUNT, LRT_HOOK_COUNT);
     luaL_openlibs(L);
     luaL_requiref(L, "grwhd", lib_open, 1);
     lua_pop(L, 1);
@@ -339,20 +371,17 @@ lrt_call(struct lrt *rt, const struct spool_event *ev, struct gerr *err)
 
     rt->cur = ev;
     rt->timed_out = false;
-    if (rt->conf.handler_timeout > 0) {
+    if (rt->conf.handler_timeout > 0)
         rt->deadline = util_mono() + rt->conf.handler_timeout;
-        lua_sethook(L, rt_hook, LUA_MASKCOUNT, LRT_HOOK_COUNT);
-    }
     lua_pushcfunction(L, l_run_event);
     lua_pushlightuserdata(L, rt);
     lua_pushlightuserdata(L, (void *)ev);
     rc = lrt_pcall(L, 2, 1, err);
     if (rc == 0 && !lua_toboolean(L, -1))
         rc = 1;
-    if (rt->conf.handler_timeout > 0) {
-        lua_sethook(L, NULL, 0, 0);
-        rt->deadline = 0;
-    }
+    rt->deadline = 0;
+    if (rt->timed_out)
+        lua_sethook(L, rt_hook, LUA_MASKCOUNT, LRT_HOOK_COUNT);
     rt->cur = NULL;
     lua_settop(L, top);
     return rc;
