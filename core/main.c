@@ -324,6 +324,7 @@ check(struct config *c)
     for (size_t i = 0; i < ns.n; i++)
         printf(" %s", ns.v[i]);
     printf("%s\n", ns.n ? "" : " nothing");
+    fflush(stdout);
     check_names(&ns);
     for (size_t i = 0; i < ns.n; i++)
         free(ns.v[i]);
