@@ -1381,6 +1381,431 @@ def test_full_disk_503_then_recovery(ctx):
         subprocess.run(["umount", "-l", mnt], capture_output=True)
 
 
+# ---------------------------------------------------------------------------
+# The Lua runtime: reload, limits, the grwhd module, tooling, examples.
+
+VERSIONED = """local on = {}
+function on.default(ev, meta)
+  local f = assert(io.open(os.getenv("GRWHD_TEST_OUT"), "a"))
+  f:write("%s|", tostring(ev.contact and ev.contact.contactId), "\\n")
+  f:close()
+end
+return on
+"""
+
+
+def write_script(path, text):
+    """Writes a script the way editors and git do: a new file renamed over."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+def versions_seen(d):
+    try:
+        with open(d.out) as f:
+            return [l.split("|")[:2] for l in f.read().splitlines()]
+    except FileNotFoundError:
+        return []
+
+
+def post_and_wait_version(d, cid, timeout=10):
+    expect_ok(d.post(event_with_id(fixture("contact_moved.json"), cid)), cid)
+    ok = wait_for(lambda: any(v[1] == cid for v in versions_seen(d)),
+                  timeout)
+    check(ok, "event %s not handled: %r" % (cid, versions_seen(d)))
+    return [v[0] for v in versions_seen(d) if v[1] == cid][0]
+
+
+def scripted_daemon(ctx, text, **kw):
+    script = os.path.join(ctx.dir, "script", "h.lua")
+    os.makedirs(os.path.dirname(script), exist_ok=True)
+    write_script(script, text)
+    args = ["--script", script] + list(kw.pop("args", []))
+    return script, ctx.daemon(args=args, **kw)
+
+
+def test_reload_on_rename_sighup_and_broken(ctx):
+    """A replaced script is picked up; a broken one is refused; SIGHUP."""
+    script, d = scripted_daemon(ctx, VERSIONED % "v1")
+    check(post_and_wait_version(d, "r-1") == "v1", "first version")
+    write_script(script, VERSIONED % "v2")
+    check(wait_for(lambda: d.stderr().count("msg=\"script loaded\"") >= 2,
+                   5), "no reload after a rename over the script")
+    check(post_and_wait_version(d, "r-2") == "v2", "after rename")
+
+    write_script(script, "local on = {\n")
+    check(wait_for(lambda: "reload failed" in d.stderr(), 5),
+          "broken script not reported")
+    check(re.search(r'error="[^"]*h\.lua:\d+:', d.stderr()),
+          "reload error without file:line")
+    check(post_and_wait_version(d, "r-3") == "v2", "old version kept")
+
+    # SIGHUP reloads at once, before the watcher would notice.
+    with open(script, "w") as f:
+        f.write(VERSIONED % "v3")
+    d.proc.send_signal(signal.SIGHUP)
+    check(wait_for(lambda: "why=SIGHUP" in d.stderr(), 0.4),
+          "SIGHUP did not reload within 0.4 s")
+    check(post_and_wait_version(d, "r-4") == "v3", "after SIGHUP")
+    check(d.alive(), "daemon died during reloads")
+
+
+def test_reload_when_a_module_changes(ctx):
+    modp = os.path.join(ctx.dir, "script", "mod.lua")
+    os.makedirs(os.path.dirname(modp))
+    write_script(modp, 'return { version = "m1" }\n')
+    script, d = scripted_daemon(ctx, """local mod = require("mod")
+local on = {}
+function on.default(ev, meta)
+  local f = assert(io.open(os.getenv("GRWHD_TEST_OUT"), "a"))
+  f:write(mod.version, "|", ev.contact.contactId, "\\n")
+  f:close()
+end
+return on
+""", workers=1)
+    check(post_and_wait_version(d, "m-1") == "m1", "first module")
+    write_script(modp, 'return { version = "m2" }\n')
+    check(wait_for(lambda: "why=\"script changed\"" in d.stderr(), 5),
+          "module change not noticed")
+    check(post_and_wait_version(d, "m-2") == "m2", "changed module")
+
+
+LIMITS = """local on = {}
+local function mark(meta, what)
+  local f = assert(io.open(os.getenv("GRWHD_TEST_OUT"), "a"))
+  f:write(what, "|", meta.type, "|", meta.attempt, "\\n")
+  f:close()
+end
+function on.contact_moved(ev, meta)
+  if meta.attempt > 1 then return mark(meta, "retried") end
+  while true do end
+end
+function on.contact_copied(ev, meta)
+  if meta.attempt > 1 then return mark(meta, "retried") end
+  while true do pcall(function() while true do end end) end
+end
+function on.contact_added(ev, meta)
+  if meta.attempt > 1 then return mark(meta, "retried") end
+  local t, s = {}, string.rep("x", 1 << 20)
+  for i = 1, 1000 do t[i] = s .. i end
+end
+function on.default(ev, meta) mark(meta, "ok") end
+return on
+"""
+
+
+def test_loops_and_memory_hogs_are_stopped(ctx):
+    """Busy loops (even inside pcall) and memory hogs fail, then retry."""
+    script, d = scripted_daemon(
+        ctx, LIMITS, workers=1,
+        args=["--handler-timeout", "0.5", "--lua-memory", "32M"])
+    for t in ("contact_moved.json", "contact_copied.json",
+              "contact_added.json", "contact_rejected.json"):
+        expect_ok(d.post(fixture(t)), t)
+    ok = wait_for(lambda: len(versions_seen(d)) >= 4, 15)
+    rows = [tuple(v) for v in versions_seen(d)]
+    check(ok, "not every event ran: %r" % rows)
+    want = {("retried", "contact_moved"), ("retried", "contact_copied"),
+            ("retried", "contact_added"), ("ok", "contact_rejected")}
+    check(set(rows) == want, "outcomes %r" % rows)
+    log = d.stderr()
+    check(log.count("handler timed out after 0.5 s") >= 2,
+          "timeouts not logged")
+    check("not enough memory" in log, "memory failure not logged")
+    check("why=\"memory limit\"" in log, "state not rebuilt after the hog")
+    check(d.alive(), "daemon died")
+
+
+def feed_script(ctx, text, payload, env=None):
+    path = os.path.join(ctx.dir, "f.lua")
+    with open(path, "w") as f:
+        f.write(text)
+    pay = os.path.join(ctx.dir, "payload.json")
+    with open(pay, "w") as f:
+        f.write(payload)
+    e = dict(os.environ)
+    e.update(env or {})
+    r = subprocess.run([BIN, "feed", "--script", path, pay],
+                       capture_output=True, text=True, timeout=60, env=e,
+                       cwd=ctx.dir)
+    return r
+
+
+def test_json_round_trip_in_a_handler(ctx):
+    text = r"""
+local on = {}
+function on.default(ev, meta)
+  local s = grwhd.json.encode(ev)
+  local back = grwhd.json.decode(s)
+  assert(grwhd.json.encode(back) == s, "not stable")
+  assert(ev.n == 9007199254740993 and math.type(ev.n) == "integer")
+  assert(ev.z == grwhd.null and ev.missing == nil)
+  assert(ev.u == "\u{e9}\u{1F600}", "unicode")
+  assert(#ev.arr == 3 and ev.arr[3][1] == 2)
+  assert(grwhd.json.encode(ev.empty) == "[]")
+  assert(grwhd.json.encode({}) == "{}")
+  local ok, err = pcall(grwhd.json.decode, '{"a":}')
+  assert(not ok and err:find("at byte 6"), err)
+  print("roundtrip ok")
+end
+return on
+"""
+    payload = ('{"type":"t","n":9007199254740993,"z":null,'
+               '"u":"\\u00e9\\ud83d\\ude00","arr":[1,"x",[2]],"empty":[]}')
+    r = feed_script(ctx, text, payload)
+    check(r.returncode == 0 and "roundtrip ok" in r.stdout,
+          "rc %d out %r err %r" % (r.returncode, r.stdout, r.stderr[-500:]))
+
+
+class _Peer(threading.Thread):
+    """A small HTTP server on 127.0.0.1 that records what it was sent."""
+
+    def __init__(self):
+        import http.server
+        peer = self
+        self.got = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n)
+                peer.got.append((self.command, self.path,
+                                 dict(self.headers), body))
+                if self.path == "/slow":
+                    time.sleep(2)
+                code = 503 if self.path == "/fail" else 201
+                self.send_response(code)
+                self.send_header("X-Seen", self.headers.get("X-Test", ""))
+                self.send_header("Set-Cookie", "a=1")
+                self.send_header("Set-Cookie", "b=2")
+                self.end_headers()
+                self.wfile.write(b"echo:" + body)
+            do_GET = do_POST = do_PUT = do_any
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        super().__init__(daemon=True)
+        self.start()
+
+    def run(self):
+        self.srv.serve_forever(poll_interval=0.1)
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_http_request_against_a_local_server(ctx):
+    peer = _Peer()
+    closed = free_port()
+    try:
+        text = r"""
+local base = os.getenv("PEER")
+local on = {}
+function on.default(ev, meta)
+  local st, body, h = grwhd.http.request{url = base .. "/x", method = "PUT",
+    body = "hello", headers = { ["X-Test"] = "t1" }}
+  assert(st == 201, st)
+  assert(body == "echo:hello", body)
+  assert(h["x-seen"] == "t1" and h["set-cookie"] == "a=1, b=2")
+  local st2 = grwhd.http.request{url = base .. "/fail"}
+  assert(st2 == 503)
+  local t0 = grwhd.now()
+  local none, err = grwhd.http.request{url = base .. "/slow", timeout = 0.3}
+  assert(none == nil and err:find("imeout"), err)
+  assert(grwhd.now() - t0 < 1.5, "timeout not kept")
+  local none2, err2 = grwhd.http.request{url = os.getenv("CLOSED")}
+  assert(none2 == nil and err2:find("onnect"), err2)
+  assert(not pcall(grwhd.http.request, {url = base, headers = {["A\nB"] = "x"}}))
+  assert(not pcall(grwhd.http.request, {}))
+  print("http ok")
+end
+return on
+"""
+        r = feed_script(ctx, text, '{"type":"t"}',
+                        env={"PEER": "http://127.0.0.1:%d" % peer.port,
+                             "CLOSED": "http://127.0.0.1:%d/" % closed})
+        check(r.returncode == 0 and "http ok" in r.stdout,
+              "rc %d out %r err %r" % (r.returncode, r.stdout,
+                                       r.stderr[-600:]))
+        check(any(g[0] == "PUT" and g[3] == b"hello" for g in peer.got),
+              "server saw %r" % peer.got)
+    finally:
+        peer.stop()
+
+
+def test_http_timeout_bounded_by_handler_time(ctx):
+    """A request cannot outlive the handler's --handler-timeout."""
+    peer = _Peer()
+    try:
+        script, d = scripted_daemon(ctx, """local on = {}
+function on.default(ev, meta)
+  local t0 = grwhd.now()
+  local st, err = grwhd.http.request{url = os.getenv("PEER") .. "/slow",
+                                     timeout = 30}
+  local f = assert(io.open(os.getenv("GRWHD_TEST_OUT"), "a"))
+  f:write(string.format("%.2f", grwhd.now() - t0), "|", tostring(st), "\\n")
+  f:close()
+end
+return on
+""", args=["--handler-timeout", "0.5"],
+            env={"PEER": "http://127.0.0.1:%d" % peer.port})
+        expect_ok(d.post(fixture("contact_added.json")), "post")
+        check(wait_for(lambda: versions_seen(d), 10), "no call")
+        took = float(versions_seen(d)[0][0])
+        check(took < 1.0, "request waited %.2f s past a 0.5 s budget" % took)
+    finally:
+        peer.stop()
+
+
+def test_check_warns_and_new_writes_a_starter(ctx):
+    p = os.path.join(ctx.dir, "w.lua")
+    with open(p, "w") as f:
+        f.write("local on = {}\nfunction on.contact_subscribed() end\n"
+                "function on.contact_opend_message() end\nreturn on\n")
+    rc, out, err = grwhd_cli("check", "--script", p)
+    check(rc == 0, "check rc %d" % rc)
+    check("'contact_subscribed'" in err and "'contact_added'" in err,
+          "no suggestion for contact_subscribed: %r" % err)
+    check("'contact_opened_message'" in err, "no typo suggestion: %r" % err)
+    e = os.path.join(ctx.dir, "e.lua")
+    with open(e, "w") as f:
+        f.write("return {}\n")
+    rc, out, err = grwhd_cli("check", "--script", e)
+    check(rc == 0 and "no handler and no default" in err,
+          "empty script: %d %r" % (rc, err))
+    s = os.path.join(ctx.dir, "starter.lua")
+    rc, out, _ = grwhd_cli("new", s)
+    check(rc == 0 and os.path.exists(s), "new: %d %r" % (rc, out))
+    rc, out, err = grwhd_cli("check", "--script", s)
+    check(rc == 0 and "handles: default" in out and "warning" not in err,
+          "starter does not check clean: %r %r" % (out, err))
+    with open(s) as f:
+        text = f.read()
+    for t in HANDLED:
+        if t != "default":
+            check("on.%s(" % t in text, "starter lacks %s" % t)
+    rc, _, err = grwhd_cli("new", s)
+    check(rc == 1 and "not overwritten" in err, "new over a file: %r" % err)
+
+
+def test_feed_reports_each_outcome(ctx):
+    text = """local on = {}
+function on.contact_added(ev) error("nope") end
+function on.contact_moved(ev) end
+return on
+"""
+    path = os.path.join(ctx.dir, "f.lua")
+    with open(path, "w") as f:
+        f.write(text)
+    r = subprocess.run([BIN, "feed", "--script", path,
+                        os.path.join(FIXTURES, "batch.json")],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 1, "a failing handler must fail feed: %d"
+          % r.returncode)
+    lines = [l for l in r.stdout.splitlines() if l[:4] in ("ok  ", "skip",
+                                                            "FAIL")]
+    check(len(lines) == 5, "one line per event: %r" % r.stdout)
+    check(re.search(r"^FAIL .*#3 type=contact_added [\d.]+ ms", r.stdout,
+                    re.M) and "nope" in r.stdout, "failure line %r"
+          % r.stdout)
+    check(re.search(r"^ok   .*#4 type=contact_moved [\d.]+ ms", r.stdout,
+                    re.M), "ok line %r" % r.stdout)
+    check(re.search(r"^skip .*#1 type=contact_opened_message", r.stdout,
+                    re.M), "skip line %r" % r.stdout)
+    r = subprocess.run([BIN, "feed", "--script", path, "-"],
+                       input="not json", capture_output=True, text=True,
+                       timeout=30)
+    check(r.returncode == 1 and "not valid JSON" in r.stderr,
+          "bad payload on stdin: %d %r" % (r.returncode, r.stderr))
+    r = subprocess.run([BIN, "feed", "--script", path],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 2, "feed without payloads: %d" % r.returncode)
+
+
+EXAMPLES = os.path.join(REPO, "examples")
+
+
+def test_examples_run(ctx):
+    """Each example does its job against local files and a local server."""
+    peer = _Peer()
+    try:
+        # forward_http: the subscriber arrives as JSON; a 503 is retried.
+        env = {"FORWARD_URL": "http://127.0.0.1:%d/sub" % peer.port}
+        d = ctx.daemon(args=["--script",
+                             os.path.join(EXAMPLES, "forward_http.lua")],
+                       env=env)
+        expect_ok(d.post(fixture("contact_added.json")), "subscriber")
+        check(wait_for(lambda: peer.got, 10), "nothing forwarded")
+        method, path, hdrs, body = peer.got[0]
+        doc = json.loads(body)
+        check(method == "POST" and path == "/sub" and
+              doc["contact_id"] == "Hn5Wc" and doc["list"] ==
+              "demo_list_alpha" and "Idempotency-Key" in hdrs,
+              "forwarded %r %r" % (path, doc))
+        d.stop()
+        env = {"FORWARD_URL": "http://127.0.0.1:%d/fail" % peer.port}
+        d = ctx.daemon(args=["--script",
+                             os.path.join(EXAMPLES, "forward_http.lua")],
+                       env=env)
+        expect_ok(d.post(event_with_id(fixture("contact_added.json"),
+                                       "ex-f")), "to a failing endpoint")
+        check(wait_for(lambda: "forward got HTTP 503" in d.stderr(), 10),
+              "a 503 from the endpoint did not fail the attempt")
+        d.stop()
+
+        # unsubscribes_csv: one file per list.
+        udir = os.path.join(ctx.dir, "unsub")
+        os.mkdir(udir)
+        d = ctx.daemon(args=["--script",
+                             os.path.join(EXAMPLES, "unsubscribes_csv.lua")],
+                       env={"UNSUB_DIR": udir})
+        expect_ok(d.post(fixture("contact_removed_link.json")), "unsub")
+        expect_ok(d.post(fixture("contact_removed_bounce.json")), "bounce")
+        f = os.path.join(udir, "demo_list_alpha.csv")
+        check(wait_for(lambda: os.path.exists(f) and
+                       len(open(f).read().splitlines()) == 3, 10),
+              "csv: %r" % (os.listdir(udir),))
+        lines = open(f).read().splitlines()
+        check(lines[0] == "occurred_at,contact_id,email,reason" and
+              lines[1].endswith(",link") and lines[2].endswith(",bounce"),
+              "csv lines %r" % lines)
+        d.stop()
+
+        # router: a module beside the handler, found by require.
+        d = ctx.daemon(args=["--script", os.path.join(EXAMPLES, "router",
+                                                      "handler.lua")])
+        expect_ok(d.post(fixture("batch.json")), "batch")
+        check(wait_for(lambda: d.stderr().count("msg=membership") == 3 and
+                       d.stderr().count("msg=engagement") == 2, 10),
+              "router log: %r" % d.stderr()[-600:])
+
+        # subscribers_csv and handler.lua, through feed.
+        csv = os.path.join(ctx.dir, "subs.csv")
+        r = subprocess.run([BIN, "feed", "--script",
+                            os.path.join(EXAMPLES, "subscribers_csv.lua"),
+                            os.path.join(FIXTURES, "contact_added.json")],
+                           capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, SUBSCRIBERS_CSV=csv))
+        check(r.returncode == 0 and "Hn5Wc" in open(csv).read(),
+              "subscribers_csv: %r" % r.stderr[-300:])
+        r = subprocess.run([BIN, "feed", "--script",
+                            os.path.join(EXAMPLES, "handler.lua")] +
+                           [os.path.join(FIXTURES, n) for n in
+                            fixture_names()],
+                           capture_output=True, text=True, timeout=30)
+        check(r.returncode == 0 and "skip" not in r.stdout,
+              "handler.lua: %r" % r.stdout[-300:])
+        check("@" not in r.stderr, "an e-mail address at info level")
+    finally:
+        peer.stop()
+
+
 TESTS = [
     test_http_table,
     test_secret_param_and_path,
@@ -1421,6 +1846,15 @@ TESTS = [
     test_dedupe_survives_restart,
     test_kill9_mid_handler_counts_attempt,
     test_full_disk_503_then_recovery,
+    test_reload_on_rename_sighup_and_broken,
+    test_reload_when_a_module_changes,
+    test_loops_and_memory_hogs_are_stopped,
+    test_json_round_trip_in_a_handler,
+    test_http_request_against_a_local_server,
+    test_http_timeout_bounded_by_handler_time,
+    test_check_warns_and_new_writes_a_starter,
+    test_feed_reports_each_outcome,
+    test_examples_run,
 ]
 
 
