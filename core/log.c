@@ -1,5 +1,6 @@
 /* log.c - levelled logfmt / JSON lines on stderr. */
 #include "log.h"
+#include "util.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -64,6 +65,19 @@ putc1(struct log_line *l, char c)
     put(l, &c, 1);
 }
 
+/* Length of the UTF-8 sequence a lead byte starts, or 0. */
+static size_t
+utf8_len(unsigned char c)
+{
+    if (c >= 0xc2 && c <= 0xdf)
+        return 2;
+    if (c >= 0xe0 && c <= 0xef)
+        return 3;
+    if (c >= 0xf0 && c <= 0xf4)
+        return 4;
+    return 0;
+}
+
 static bool
 needs_quotes(const char *s, size_t n)
 {
@@ -77,56 +91,80 @@ needs_quotes(const char *s, size_t n)
     return false;
 }
 
-/* Escapes control bytes and quotes; bytes >= 0x80 pass (UTF-8 text). */
+/*
+ * Adds n bytes only if all of them fit, so an escape sequence or a UTF-8
+ * character is never split when a line runs out of room.
+ */
+static bool
+put_whole(struct log_line *l, const char *s, size_t n)
+{
+    if (l->full || l->len + n > sizeof(l->buf) - LOG_TAIL) {
+        l->cut = true;
+        return false;
+    }
+    memcpy(l->buf + l->len, s, n);
+    l->len += n;
+    return true;
+}
+
+/*
+ * Escapes quotes, backslashes and control bytes; whole UTF-8 characters
+ * pass, and a byte that is not part of one becomes U+FFFD, so text and
+ * JSON lines alike stay valid UTF-8.
+ */
 static void
 put_escaped(struct log_line *l, const char *s, size_t n)
 {
     char tmp[8];
 
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
+        const char *out = tmp;
+        size_t on = 2, take = 1;
+
         switch (c) {
-        case '"': put(l, "\\\"", 2); break;
-        case '\\': put(l, "\\\\", 2); break;
-        case '\n': put(l, "\\n", 2); break;
-        case '\r': put(l, "\\r", 2); break;
-        case '\t': put(l, "\\t", 2); break;
+        case '"': out = "\\\""; break;
+        case '\\': out = "\\\\"; break;
+        case '\n': out = "\\n"; break;
+        case '\r': out = "\\r"; break;
+        case '\t': out = "\\t"; break;
         default:
             if (c < 0x20 || c == 0x7f) {
                 snprintf(tmp, sizeof(tmp), "\\u%04x", c);
-                put(l, tmp, 6);
+                on = 6;
+            } else if (c < 0x80) {
+                out = s + i;
+                on = 1;
             } else {
-                putc1(l, (char)c);
+                size_t ok = util_utf8_valid((const unsigned char *)s + i,
+                                            n - i < 4 ? n - i : 4);
+                /* The valid prefix ends inside this character or not. */
+                take = utf8_len(c);
+                if (take == 0 || ok < take) {
+                    out = "\xef\xbf\xbd";
+                    on = 3;
+                    take = 1;
+                } else {
+                    out = s + i;
+                    on = take;
+                }
             }
         }
+        if (!put_whole(l, out, on))
+            return;
+        i += take;
     }
 }
 
-/* Keys may come from a script: anything but [A-Za-z0-9_.-] becomes '_'. */
 /*
  * Ends a quoted value.  A line that ran out of room ends here too: the
  * reserved tail takes an ellipsis and the quote, so a cut line still
- * parses (and a cut escape sequence is dropped, not left half).
+ * parses; nothing more is added to it.
  */
 static void
 close_quote(struct log_line *l)
 {
     if (l->cut) {
-        size_t n = l->len, bs = 0;
-
-        while (n > 0 && l->buf[n - 1] == '\\') {
-            n--;
-            bs++;
-        }
-        l->len -= bs % 2;
-        /* A \u00XX cut short: drop the partial escape. */
-        for (size_t back = 1; back < 6 && back <= l->len; back++) {
-            if (l->buf[l->len - back] == '\\') {
-                if (back < 6 && l->buf[l->len - back + 1] == 'u')
-                    l->len -= back;
-                break;
-            }
-        }
         memcpy(l->buf + l->len, "...\"", 4);
         l->len += 4;
         l->full = true;
@@ -135,6 +173,7 @@ close_quote(struct log_line *l)
     l->buf[l->len++] = '"';
 }
 
+/* Keys may come from a script: anything but [A-Za-z0-9_.-] becomes '_'. */
 static void
 put_key(struct log_line *l, const char *key)
 {

@@ -11,6 +11,8 @@
 
 #include <lauxlib.h>
 
+#include "../core/util.h"
+
 /* ------------------------------------------------------------------ */
 /* Decoding: a recursive descent straight onto the Lua stack.          */
 
@@ -185,7 +187,7 @@ dec_number(struct dec *d)
 {
     size_t start = d->pos;
     bool is_float = false;
-    char tmp[64];
+    char tmp[512];
     size_t n;
 
     if (d->pos < d->len && d->s[d->pos] == '-')
@@ -419,6 +421,21 @@ enc_string(lua_State *L, struct enc *e, const char *s, size_t n)
         const char *rep = NULL;
         size_t rn = 2;
 
+        if (c >= 0x80) {
+            /* Bytes that are not UTF-8 would make the text invalid JSON. */
+            size_t want = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+            size_t ok = util_utf8_valid((const unsigned char *)s + i,
+                                        n - i < want ? n - i : want);
+
+            if (ok == want) {
+                i += want - 1;      /* one whole character, as it is */
+                continue;
+            }
+            enc_put(L, e, s + start, i - start);
+            enc_put(L, e, "\\ufffd", 6);
+            start = i + 1;
+            continue;
+        }
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
         switch (c) {
@@ -472,12 +489,12 @@ table_is_array(lua_State *L, int idx, lua_Integer *n)
 }
 
 static void enc_value(lua_State *L, struct enc *e, int idx, int depth);
+static void enc_object(lua_State *L, struct enc *e, int idx, int depth);
 
 static void
 enc_table(lua_State *L, struct enc *e, int idx, int depth)
 {
     lua_Integer n;
-    int first = 1;
 
     if (depth > GRWHD_CONVERT_DEPTH_MAX)
         luaL_error(L, "JSON encode: nesting too deep (a cycle?)");
@@ -494,34 +511,77 @@ enc_table(lua_State *L, struct enc *e, int idx, int depth)
         enc_put(L, e, "]", 1);
         return;
     }
-    enc_put(L, e, "{", 1);
-    lua_pushnil(L);
-    while (lua_next(L, idx) != 0) {     /* key value */
-        char num[32];
-        size_t kn;
-        const char *k;
+    enc_object(L, e, idx, depth);
+}
 
-        if (lua_type(L, -2) == LUA_TSTRING) {
-            k = lua_tolstring(L, -2, &kn);
-        } else if (lua_isinteger(L, -2)) {
-            /* Formatted aside: lua_tolstring would upset lua_next. */
-            kn = (size_t)snprintf(num, sizeof(num), "%lld",
-                                  (long long)lua_tointeger(L, -2));
-            k = num;
+struct key {
+    const char *s;
+    size_t n;
+};
+
+static int
+key_cmp(const void *a, const void *b)
+{
+    const struct key *x = a, *y = b;
+    int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
+
+    return c != 0 ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+/*
+ * Members are written in byte order of their names, so equal tables encode
+ * to equal text (signatures, idempotency keys and tests rely on that).
+ */
+static void
+enc_object(lua_State *L, struct enc *e, int idx, int depth)
+{
+    int names, orig, count = 0;
+    struct key *keys;
+
+    lua_newtable(L);                            /* names: i -> name */
+    names = lua_gettop(L);
+    lua_newtable(L);                            /* orig: name -> int key */
+    orig = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {             /* key value */
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            lua_pushvalue(L, -1);
+        } else if (lua_isinteger(L, -1)) {
+            lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, -1));
+            lua_pushvalue(L, -1);               /* key name name */
+            lua_pushvalue(L, -3);
+            lua_rawset(L, orig);                /* key name */
         } else {
             luaL_error(L, "JSON encode: table key of type %s",
-                       luaL_typename(L, -2));
-            return;
+                       luaL_typename(L, -1));
         }
-        if (!first)
+        lua_rawseti(L, names, ++count);         /* key */
+    }
+    keys = lua_newuserdatauv(L, (size_t)count * sizeof(*keys) + 1, 0);
+    for (int i = 0; i < count; i++) {
+        lua_rawgeti(L, names, i + 1);
+        keys[i].s = lua_tolstring(L, -1, &keys[i].n);  /* held by names */
+        lua_pop(L, 1);
+    }
+    qsort(keys, (size_t)count, sizeof(*keys), key_cmp);
+    enc_put(L, e, "{", 1);
+    for (int i = 0; i < count; i++) {
+        if (i > 0)
             enc_put(L, e, ",", 1);
-        first = 0;
-        enc_string(L, e, k, kn);
+        enc_string(L, e, keys[i].s, keys[i].n);
         enc_put(L, e, ":", 1);
+        lua_pushlstring(L, keys[i].s, keys[i].n);
+        if (lua_rawget(L, orig) == LUA_TNIL) {  /* a string key */
+            lua_pop(L, 1);
+            lua_pushlstring(L, keys[i].s, keys[i].n);
+        }
+        lua_rawget(L, idx);                     /* value */
         enc_value(L, e, lua_gettop(L), depth + 1);
-        lua_pop(L, 1);                  /* key */
+        lua_pop(L, 1);
     }
     enc_put(L, e, "}", 1);
+    lua_settop(L, names - 1);
 }
 
 static void

@@ -24,8 +24,12 @@ void convert_init(lua_State *L);
 void convert_decode(lua_State *L, const char *s, size_t len);
 
 /*
- * Pushes the JSON text of the value at idx as a string.  Raises on values
- * JSON cannot hold (functions, NaN, mixed keys, cycles).
+ * Pushes the JSON text of the value at idx as a string, object members in
+ * byte order of their names.  A table is an array when it came from a
+ * decoded array (its other keys are then left out) or its keys are
+ * exactly 1..n; otherwise an object, integer keys written as strings.
+ * Bytes that are not UTF-8 become U+FFFD.  Raises on values JSON cannot
+ * hold (functions, userdata, NaN, infinities, other key types, cycles).
  */
 void convert_encode(lua_State *L, int idx);
 

@@ -272,6 +272,9 @@ lrt_new(const struct lrt_conf *conf, int worker, struct gerr *err)
     lua_pop(L, 1);
     set_package_path(L, conf->script);
 
+    /* Loading and init() get the same time as a handler. */
+    if (conf->handler_timeout > 0)
+        rt->deadline = util_mono() + conf->handler_timeout;
     snapshot_globals(L);                                /* snap */
     if (luaL_loadfilex(L, conf->script, "t") != LUA_OK) {
         gerr_set(err, "%s", lua_tostring(L, -1));
@@ -287,6 +290,7 @@ lrt_new(const struct lrt_conf *conf, int worker, struct gerr *err)
     lua_settop(L, 0);
     if (call_hook_fn(rt, "init", err) != 0)
         goto fail;
+    rt->deadline = 0;
     return rt;
 fail:
     lua_close(L);
