@@ -319,7 +319,8 @@ check(struct config *c)
     }
     lrt_types(rt, add_name, &ns);
     lrt_free(rt);
-    qsort(ns.v, ns.n, sizeof(*ns.v), cmp_name);
+    if (ns.n > 0)
+        qsort(ns.v, ns.n, sizeof(*ns.v), cmp_name);
     printf("%s: ok; handles:", c->script);
     for (size_t i = 0; i < ns.n; i++)
         printf(" %s", ns.v[i]);

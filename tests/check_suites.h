@@ -13,6 +13,7 @@ Suite *runtime_suite(void);
 Suite *spool_suite(void);
 Suite *log_suite(void);
 Suite *config_suite(void);
+Suite *delivery_suite(void);
 
 /*
  * A fresh directory under $TMPDIR (or /tmp); the caller frees the name
