@@ -91,8 +91,11 @@ sanitize: deps
 lint:
 	@scripts/lint.sh
 
-bench: all
+bench: all $(BUILD)/bench_lua
 	@scripts/bench.sh
+
+$(BUILD)/bench_lua: $(CORE_OBJ) $(BUILD)/tests/bench_lua.o
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(ALL_LIBS) $(LDFLAGS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/grwhd/examples

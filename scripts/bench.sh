@@ -122,3 +122,8 @@ for w in 1 2 4; do
     solo "workers=$w" --workers "$w"
 done
 solo "workers=2 dedupe off" --workers 2 --dedupe-window 0
+
+echo
+echo "== the Lua path alone (decode + meta + call, trivial handler)"
+"$root/build/bench_lua" "$BENCH_DIR/grwhd/handler.lua" \
+    "$BENCH_DIR/payloads/batch100.json" 1000000
