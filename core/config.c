@@ -70,6 +70,8 @@ static const struct opt opts[] = {
      "open connections from one address (default 256)"},
     {"conn-timeout", OPT_INT, OFF(conn_timeout), 1, 3600, "SEC",
      "idle time before a connection is closed (default 15)"},
+    {"admin", OPT_STR, OFF(admin), 0, 0, "ADDR:PORT",
+     "health and metrics listener, plain HTTP (default: off)"},
     {"log-level", OPT_LEVEL, 0, 0, 0, "LEVEL",
      "debug, info, warn or error (default info)"},
     {"log-format", OPT_FORMAT, 0, 0, 0, "FORMAT",

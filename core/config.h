@@ -33,6 +33,7 @@ struct config {
     long max_conns;
     long max_conns_per_ip;
     long conn_timeout;
+    const char *admin;
     enum log_level log_level;
     enum log_format log_format;
     bool help;

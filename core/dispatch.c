@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "../lua/runtime.h"
 
 struct worker {
@@ -132,6 +133,7 @@ worker_main(void *arg)
             d->conf.start(d->conf.done_arg, ev);
         t0 = util_mono();
         ok = lrt_call(w->rt, ev, &err) >= 0;
+        metrics_handler_latency(util_mono() - t0);
         if (ok)
             log_handled(ev, util_mono() - t0);
         d->conf.done(d->conf.done_arg, ev, ok, ok ? NULL : err.msg);

@@ -11,6 +11,7 @@
 #include "dispatch.h"
 #include "keyset.h"
 #include "log.h"
+#include "metrics.h"
 
 /* Pending events read back per refill or due-retry query. */
 #define INTAKE_REFILL_BATCH 256
@@ -35,6 +36,7 @@ struct completion {
     char *type;             /* MARK_FAIL: for the log line */
     char *error;
     enum spool_state result;    /* what was recorded */
+    int type_index;             /* for the metrics */
     struct completion *next;
 };
 
@@ -52,6 +54,7 @@ struct intake {
     bool dispatch_changed;
     bool busy;              /* the thread is working on taken jobs */
     bool stop;
+    bool failing;           /* the last write to the spool failed */
     int64_t backlog;
     /* Intake thread only. */
     struct dispatch *active;    /* its copy of dispatch, taken under mu */
@@ -205,6 +208,7 @@ hand_over(struct intake *in, struct intake_job *job)
             spool_event_free(ev);       /* not stored, or a repeat */
             continue;
         }
+        metrics_received(ev->type);
         if (!in->overflow && in->active != NULL &&
             dispatch_offer(in->active, ev)) {
             in->cursor = id;
@@ -432,15 +436,24 @@ intake_main(void *arg)
             j->result = rc == 0 ? INTAKE_STORED : INTAKE_FAILED;
             if (rc == 0)
                 stored += (int64_t)(j->n - j->duplicates);
+            for (size_t k = 0; rc == 0 && k < j->duplicates; k++)
+                metrics_duplicate();
         }
         for (struct completion *c = cs; rc == 0 && c; c = c->next) {
             if (c->result == SPOOL_DONE || c->result == SPOOL_DEAD)
                 finished++;
             if (c->kind == MARK_FAIL)
                 log_failure(c);
+            if (c->kind != MARK_START)
+                metrics_handled(c->type_index,
+                                c->result == SPOOL_DONE    ? METRICS_OK
+                                : c->result == SPOOL_DEAD ? METRICS_DEAD
+                                                          : METRICS_RETRY);
         }
 
         pthread_mutex_lock(&in->mu);
+        if (jobs || cs)
+            in->failing = rc != 0;
         in->backlog += stored - finished;
         if (rc != 0 && cs != NULL) {
             /* Keep the outcomes for the next try rather than lose them. */
@@ -571,6 +584,7 @@ intake_complete(void *arg, struct spool_event *ev, bool ok, const char *error)
     c->id = ev->id;
     c->kind = ok ? MARK_DONE : MARK_FAIL;
     c->attempts = ev->attempts + 1;
+    c->type_index = metrics_type_index(ev->type);
     if (!ok) {
         c->type = xstrdup(ev->type ? ev->type : "");
         c->error = xstrdup(error ? error : "");
@@ -586,6 +600,17 @@ intake_flush(struct intake *in)
     while (in->jobs != NULL || in->busy)
         pthread_cond_wait(&in->ack, &in->mu);
     pthread_mutex_unlock(&in->mu);
+}
+
+bool
+intake_healthy(struct intake *in)
+{
+    bool ok;
+
+    pthread_mutex_lock(&in->mu);
+    ok = !in->failing;
+    pthread_mutex_unlock(&in->mu);
+    return ok;
 }
 
 int64_t

@@ -61,6 +61,8 @@ void intake_complete(void *in, struct spool_event *ev, bool ok,
                      const char *error);
 /* Returns once every job submitted so far has had its done call. */
 void intake_flush(struct intake *in);
+/* False while the last write to the spool failed (disk full, I/O). */
+bool intake_healthy(struct intake *in);
 /* Events stored and not yet done or dead. */
 int64_t intake_backlog(struct intake *in);
 /* Commits what is queued, then stops the thread and closes the spool. */

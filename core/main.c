@@ -10,12 +10,14 @@
 
 #include <curl/curl.h>
 
+#include "admin.h"
 #include "auth.h"
 #include "batch.h"
 #include "config.h"
 #include "dispatch.h"
 #include "intake.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 #include "spool.h"
 #include "spoolcmd.h"
@@ -87,6 +89,7 @@ reload(const struct config *c, const struct lrt_conf *lc, struct dispatch *d,
     struct lrt *trial = lrt_new(lc, -1, &err);
     struct log_line l;
 
+    metrics_script_reload(trial != NULL);
     if (trial == NULL) {
         if (log_begin(&l, LOG_ERROR, "script reload failed, old one kept")) {
             log_str(&l, "why", why);
@@ -111,6 +114,7 @@ serve(struct config *c)
     struct intake *in = NULL;
     struct dispatch *d = NULL;
     struct server *srv = NULL;
+    struct admin *adm = NULL;
     sigset_t sigs;
     uint64_t watched, seen;
     int sig, rc = 1;
@@ -190,10 +194,26 @@ serve(struct config *c)
         log_msg_str(LOG_ERROR, "cannot start listener", "error", err.msg);
         goto out;
     }
+    if (c->admin != NULL) {
+        struct admin_conf ac = {
+            .listen = c->admin,
+            .spool = c->spool,
+            .intake = in,
+            .server = &srv,
+        };
+        adm = admin_start(&ac, &err);
+        if (adm == NULL) {
+            log_msg_str(LOG_ERROR, "cannot start admin listener", "error",
+                        err.msg);
+            goto out;
+        }
+    }
     {
         struct log_line l;
         if (log_begin(&l, LOG_INFO, "listening")) {
             log_str(&l, "addr", c->listen);
+            if (c->admin)
+                log_str(&l, "admin", c->admin);
             log_str(&l, "tls", c->tls_cert ? "on" : "off");
             log_str(&l, "script", c->script);
             log_str(&l, "spool", c->spool);
@@ -232,6 +252,7 @@ serve(struct config *c)
     }
     rc = 0;
 out:
+    admin_stop(adm);
     server_stop(srv, GRWHD_DRAIN_SECONDS);
     intake_flush(in);
     server_free(srv);

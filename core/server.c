@@ -21,6 +21,7 @@
 #include "legacy.h"
 #include "intake.h"
 #include "log.h"
+#include "metrics.h"
 
 /* GetResponse sends at most 100 events in one request. */
 #define GRWHD_BATCH_NOMINAL 100
@@ -416,6 +417,7 @@ on_complete(struct req *r)
 
     switch (atomic_load(&r->stage)) {
     case REQ_STORED:
+        metrics_ack_latency(util_mono() - r->t0);
         return reply(r, MHD_HTTP_OK, srv->r_ok);
     case REQ_FAILED:
         return reply(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_503);
@@ -515,6 +517,8 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)srv;
     if (r == NULL)
         return;
+    if (r->status != 0)
+        metrics_request(r->status);
     if (log_begin(&l, r->status >= 500 || r->status == 0 ? LOG_WARN
                                                          : LOG_INFO,
                   "request")) {
@@ -741,6 +745,17 @@ fail:
     free(s->key_pem);
     free(s);
     return NULL;
+}
+
+unsigned
+server_connections(struct server *s)
+{
+    const union MHD_DaemonInfo *di;
+
+    if (s == NULL || s->mhd == NULL)
+        return 0;
+    di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return di ? di->num_connections : 0;
 }
 
 void

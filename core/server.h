@@ -34,6 +34,8 @@ struct server *server_start(const struct server_conf *conf, struct gerr *err);
  */
 void server_stop(struct server *s, double wait_s);
 void server_free(struct server *s);
+/* Open connections of the webhook listener. */
+unsigned server_connections(struct server *s);
 
 /* Parses "ADDR:PORT" / "[ADDR]:PORT" into a socket address. */
 struct sockaddr_storage;
