@@ -26,7 +26,7 @@ ALL_LIBS   = $(PKG_LIBS) -pthread -lm
 
 CORE_SRC = core/util.c core/log.c core/auth.c core/batch.c core/spool.c \
            core/dedupe.c core/spoolcmd.c core/legacy.c core/keyset.c \
-           core/watch.c core/metrics.c core/admin.c \
+           core/watch.c core/metrics.c core/admin.c core/tls.c \
            core/intake.c core/dispatch.c core/server.c core/config.c \
            lua/convert.c lua/lib.c lua/runtime.c lua/http.c lua/types.c
 MAIN_SRC = core/main.c

@@ -21,6 +21,7 @@
 #include "server.h"
 #include "spool.h"
 #include "spoolcmd.h"
+#include "tls.h"
 #include "watch.h"
 #include "../lua/runtime.h"
 #include "../lua/types.h"
@@ -31,6 +32,9 @@
 #define GRWHD_FEED_MAX (64L << 20)
 /* How long shutdown waits for requests whose events are being stored. */
 #define GRWHD_DRAIN_SECONDS 5.0
+/* Secret sets replaced by SIGHUP that are kept until exit (a request may
+ * still read one); past this many reloads, restart to reload secrets. */
+#define GRWHD_RELOADS_KEPT 64
 /* How often the script's folder is looked at for changes. */
 #define GRWHD_WATCH_TICK_NS (500L * 1000 * 1000)
 /* Beyond --handler-timeout, how long shutdown waits for a handler. */
@@ -104,11 +108,31 @@ reload(const struct config *c, const struct lrt_conf *lc, struct dispatch *d,
     dispatch_reload(d);
 }
 
+static void
+reload_tls(const struct config *c)
+{
+    struct gerr err;
+    bool ok;
+
+    if (c->tls_cert == NULL)
+        return;
+    ok = tls_load(c->tls_cert, c->tls_key, &err) == 0;
+    metrics_tls_reload(ok);
+    if (ok)
+        log_msg_str(LOG_INFO, "TLS certificate reloaded", "cert",
+                    c->tls_cert);
+    else
+        log_msg_str(LOG_ERROR, "TLS reload failed, old certificate kept",
+                    "error", err.msg);
+}
+
 static int
 serve(struct config *c)
 {
     struct gerr err = {{0}};
-    struct auth auth;
+    struct auth *auth = xcalloc(1, sizeof(*auth));
+    struct auth *retired[GRWHD_RELOADS_KEPT] = {NULL};
+    size_t nretired = 0;
     struct lrt_conf lc = lua_conf(c);
     struct spool *sp;
     struct intake *in = NULL;
@@ -119,11 +143,12 @@ serve(struct config *c)
     uint64_t watched, seen;
     int sig, rc = 1;
 
-    if (load_secrets(c, &auth, &err) != 0) {
+    if (load_secrets(c, auth, &err) != 0) {
         log_msg_str(LOG_ERROR, "cannot load secrets", "error", err.msg);
+        free(auth);
         return 1;
     }
-    if (auth_open(&auth))
+    if (auth_open(auth))
         log_msg(LOG_WARN, "NO SECRET CONFIGURED: every request is accepted; "
                           "set --secret, --secret-file or GRWHD_SECRET");
     if (c->tls_cert == NULL)
@@ -141,6 +166,7 @@ serve(struct config *c)
     sp = spool_open(c->spool, &err);
     if (sp == NULL) {
         log_msg_str(LOG_ERROR, "cannot open spool", "error", err.msg);
+        free(auth);
         return 1;
     }
     {
@@ -155,6 +181,7 @@ serve(struct config *c)
     if (in == NULL) {
         spool_close(sp);
         log_msg_str(LOG_ERROR, "cannot start intake", "error", err.msg);
+        free(auth);
         return 1;
     }
     {
@@ -180,7 +207,7 @@ serve(struct config *c)
             .tls_key = c->tls_key,
             .path = c->path,
             .secret_param = c->secret_param,
-            .auth = &auth,
+            .auth = auth,
             .max_body = (size_t)c->max_body,
             .threads = c->workers > 4 ? 4 : (unsigned)c->workers,
             .max_conns = (unsigned)c->max_conns,
@@ -241,10 +268,26 @@ serve(struct config *c)
             continue;
         }
         if (sig == SIGHUP) {
-            /* XXX(reload): SIGHUP reloads the script only; TLS files and
-             * the secret file are read at start. */
             reload(c, &lc, d, "SIGHUP");
             watched = seen = watch_fingerprint(c->script);
+            reload_tls(c);
+            if (c->secret_file != NULL && nretired == GRWHD_RELOADS_KEPT)
+                log_msg(LOG_WARN, "too many reloads: restart to reload "
+                                  "the secret file");
+            else if (c->secret_file != NULL) {
+                struct auth *fresh = xcalloc(1, sizeof(*fresh));
+
+                if (load_secrets(c, fresh, &err) != 0) {
+                    log_msg_str(LOG_ERROR, "secret reload failed, old "
+                                "secrets kept", "error", err.msg);
+                    free(fresh);
+                } else {
+                    retired[nretired++] =
+                        (struct auth *)server_set_auth(srv, fresh);
+                    auth = fresh;
+                    log_msg(LOG_INFO, "secrets reloaded");
+                }
+            }
             continue;
         }
         log_msg_str(LOG_INFO, "shutting down", "signal", strsignal(sig));
@@ -264,6 +307,10 @@ out:
         intake_flush(in);
         _exit(rc);
     }
+    tls_cleanup();
+    free(auth);
+    for (size_t i = 0; i < nretired; i++)
+        free(retired[i]);
     {
         int64_t left = intake_backlog(in);
         intake_stop(in);

@@ -176,7 +176,8 @@ metrics_render(const struct metrics_gauges *g, size_t *len)
     for (size_t i = 0; i <= NCODES; i++) {
         if (i < NCODES)
             out_printf(&o, "grwhd_requests_total{code=\"%u\"} %llu\n",
-                       codes[i], (unsigned long long)atomic_load(&requests[i]));
+                       codes[i],
+                       (unsigned long long)atomic_load(&requests[i]));
         else
             out_printf(&o, "grwhd_requests_total{code=\"other\"} %llu\n",
                        (unsigned long long)atomic_load(&requests[i]));
@@ -185,7 +186,8 @@ metrics_render(const struct metrics_gauges *g, size_t *len)
                    "type.\n# TYPE grwhd_events_received_total counter\n");
     for (int t = 0; t < NTYPES; t++)
         out_printf(&o, "grwhd_events_received_total{type=\"%s\"} %llu\n",
-                   type_label(t), (unsigned long long)atomic_load(&received[t]));
+                   type_label(t),
+                   (unsigned long long)atomic_load(&received[t]));
     out_printf(&o, "# HELP grwhd_events_handled_total Handler attempts, by "
                    "type and result.\n"
                    "# TYPE grwhd_events_handled_total counter\n");

@@ -22,6 +22,7 @@
 #include "intake.h"
 #include "log.h"
 #include "metrics.h"
+#include "tls.h"
 
 /* GetResponse sends at most 100 events in one request. */
 #define GRWHD_BATCH_NOMINAL 100
@@ -53,8 +54,8 @@ enum req_stage {
 
 struct server {
     struct server_conf conf;
+    _Atomic(const struct auth *) auth;     /* swapped by server_set_auth */
     struct MHD_Daemon *mhd;
-    char *cert_pem, *key_pem;
     struct MHD_Response *r_ok, *r_403, *r_404, *r_405, *r_413, *r_503;
     /* Requests suspended on the intake, oldest first; the watchdog
      * answers those past the budget. */
@@ -263,6 +264,7 @@ static enum MHD_Result
 on_headers(struct req *r, const char *url, const char *method)
 {
     struct server *srv = r->srv;
+    const struct auth *auth;
     const char *given, *cl;
     size_t given_len = 0;
 
@@ -275,13 +277,14 @@ on_headers(struct req *r, const char *url, const char *method)
                                          "action") != NULL;
     if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 && !legacy)
         return reply(r, MHD_HTTP_METHOD_NOT_ALLOWED, srv->r_405);
-    if (!auth_open(srv->conf.auth)) {
+    auth = atomic_load(&srv->auth);
+    if (!auth_open(auth)) {
         given = NULL;
         if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND,
                                           srv->conf.secret_param,
                                           strlen(srv->conf.secret_param),
                                           &given, &given_len) != MHD_YES ||
-            !auth_check(srv->conf.auth, given, given_len))
+            !auth_check(auth, given, given_len))
             return reply(r, MHD_HTTP_FORBIDDEN, srv->r_403);
     }
     cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
@@ -611,35 +614,6 @@ bad:
     return -1;
 }
 
-static char *
-read_file(const char *path, struct gerr *err)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    if (f == NULL) {
-        gerr_set(err, "%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 ||
-        n > 1024 * 1024 || fseek(f, 0, SEEK_SET) != 0) {
-        gerr_set(err, "%s: cannot read (or larger than 1 MiB)", path);
-        fclose(f);
-        return NULL;
-    }
-    buf = xmalloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        gerr_set(err, "%s: short read", path);
-        free(buf);
-        fclose(f);
-        return NULL;
-    }
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
 static int
 make_responses(struct server *s)
 {
@@ -682,6 +656,7 @@ server_start(const struct server_conf *conf, struct gerr *err)
     int n = 0;
 
     s->conf = *conf;
+    atomic_init(&s->auth, conf->auth);
     pthread_mutex_init(&s->wait_mu, NULL);
     atomic_init(&s->stopping, false);
     if (server_parse_addr(conf->listen, &ss, err) != 0)
@@ -693,17 +668,12 @@ server_start(const struct server_conf *conf, struct gerr *err)
         goto fail;
     }
     if (conf->tls_cert != NULL) {
-        s->cert_pem = read_file(conf->tls_cert, err);
-        if (s->cert_pem == NULL)
-            goto fail;
-        s->key_pem = read_file(conf->tls_key, err);
-        if (s->key_pem == NULL)
+        /* Handshakes ask tls.c for the pair, so a reload swaps it. */
+        if (tls_load(conf->tls_cert, conf->tls_key, err) != 0)
             goto fail;
         flags |= MHD_USE_TLS;
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
-                                            s->cert_pem};
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0,
-                                            s->key_pem};
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0,
+                                            tls_callback()};
         opts[n++] = (struct MHD_OptionItem){
             MHD_OPTION_HTTPS_PRIORITIES, 0,
             (void *)"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"};
@@ -741,10 +711,14 @@ server_start(const struct server_conf *conf, struct gerr *err)
     return s;
 fail:
     free_responses(s);
-    free(s->cert_pem);
-    free(s->key_pem);
     free(s);
     return NULL;
+}
+
+const struct auth *
+server_set_auth(struct server *s, const struct auth *a)
+{
+    return atomic_exchange(&s->auth, a);
 }
 
 unsigned
@@ -795,7 +769,5 @@ server_free(struct server *s)
         server_stop(s, 0);
     pthread_mutex_destroy(&s->wait_mu);
     free_responses(s);
-    free(s->cert_pem);
-    free(s->key_pem);
     free(s);
 }

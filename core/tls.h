@@ -1,0 +1,24 @@
+/* tls.h - the certificate and key the listener presents, reloadable. */
+#ifndef GRWHD_TLS_H
+#define GRWHD_TLS_H
+
+#include "util.h"
+
+/*
+ * Loads the PEM certificate chain and private key and, when they belong
+ * together, makes them the pair that new handshakes get; on any error the
+ * pair in use stays.  Connections already open keep the pair they began
+ * with.  Safe to call while the listener runs.
+ */
+int tls_load(const char *cert_path, const char *key_path, struct gerr *err);
+
+/*
+ * The gnutls_certificate_retrieve_function2 that libmicrohttpd calls for
+ * each handshake (MHD_OPTION_HTTPS_CERT_CALLBACK).
+ */
+void *tls_callback(void);
+
+/* Frees every pair loaded; only once no listener uses them. */
+void tls_cleanup(void);
+
+#endif
