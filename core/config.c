@@ -70,6 +70,10 @@ static const struct opt opts[] = {
      "open connections from one address (default 256)"},
     {"conn-timeout", OPT_INT, OFF(conn_timeout), 1, 3600, "SEC",
      "idle time before a connection is closed (default 15)"},
+    {"config", OPT_STR, OFF(config), 0, 0, "FILE",
+     "read options from FILE: one 'name = value' a line"},
+    {"user", OPT_STR, OFF(user), 0, 0, "NAME",
+     "when started as root, run as this user once listening"},
     {"admin", OPT_STR, OFF(admin), 0, 0, "ADDR:PORT",
      "health and metrics listener, plain HTTP (default: off)"},
     {"log-level", OPT_LEVEL, 0, 0, 0, "LEVEL",
@@ -241,14 +245,102 @@ read_env(struct config *c, struct gerr *err)
     return 0;
 }
 
+static char *
+trim(char *s)
+{
+    char *e;
+
+    while (*s == ' ' || *s == '\t')
+        s++;
+    e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' ||
+                     e[-1] == '\r'))
+        *--e = '\0';
+    return s;
+}
+
+/*
+ * One option a line, `name = value`, names as on the command line without
+ * the dashes; blank lines and lines starting with '#' are skipped.
+ */
+static int
+read_file(struct config *c, const char *path, struct gerr *err)
+{
+    char line[4096], src[600];
+    int lineno = 0, rc = 0;
+    FILE *f = fopen(path, "r");
+
+    if (f == NULL) {
+        gerr_set(err, "--config %s: %s", path, strerror(errno));
+        return -1;
+    }
+    while (rc == 0 && fgets(line, sizeof(line), f) != NULL) {
+        char *name = trim(line), *eq, *value;
+        const struct opt *o;
+
+        lineno++;
+        snprintf(src, sizeof(src), "%.500s:%d", path, lineno);
+        if (*name == '\0' || *name == '#')
+            continue;
+        eq = strchr(name, '=');
+        if (eq == NULL) {
+            gerr_set(err, "%s: want 'name = value'", src);
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        value = trim(eq + 1);
+        name = trim(name);
+        o = find_opt(name, strlen(name));
+        if (o == NULL || o->kind == OPT_FLAG ||
+            strcmp(o->name, "config") == 0) {
+            gerr_set(err, "%s: unknown option '%.100s'", src, name);
+            rc = -1;
+            break;
+        }
+        c->owned = xrealloc(c->owned, (size_t)(c->nowned + 1) *
+                                          sizeof(*c->owned));
+        c->owned[c->nowned] = xstrdup(value);
+        rc = set_opt(c, o, c->owned[c->nowned++], src, err);
+    }
+    explicit_bzero(line, sizeof(line));
+    fclose(f);
+    return rc;
+}
+
+/* --config is looked for first: the file is the lowest layer. */
+static const char *
+find_config(int argc, char **argv)
+{
+    const char *path = getenv("GRWHD_CONFIG");
+
+    for (int i = 0; i < argc; i++) {
+        if (strncmp(argv[i], "--config=", 9) == 0)
+            path = argv[i] + 9;
+        else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            path = argv[i + 1];
+    }
+    return path != NULL && path[0] != '\0' ? path : NULL;
+}
+
 int
 config_parse(struct config *c, int argc, char **argv, struct gerr *err)
 {
-    int env_secrets;
+    const char *file = find_config(argc, argv);
+    int env_secrets, file_secrets;
 
+    if (file != NULL && read_file(c, file, err) != 0)
+        return -1;
+    file_secrets = c->nsecrets;
     if (read_env(c, err) != 0)
         return -1;
-    env_secrets = c->nsecrets;
+    /* Secrets from the environment replace those from the file. */
+    if (c->nsecrets > file_secrets && file_secrets > 0) {
+        memmove(c->secrets, c->secrets + file_secrets,
+                (size_t)(c->nsecrets - file_secrets) * sizeof(char *));
+        c->nsecrets -= file_secrets;
+    }
+    env_secrets = c->nsecrets;      /* from the file or the environment */
     c->args = calloc((size_t)argc + 1, sizeof(char *));
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *eq, *v;
@@ -301,6 +393,13 @@ config_free(struct config *c)
 {
     free(c->args);
     c->args = NULL;
+    for (int i = 0; i < c->nowned; i++) {
+        explicit_bzero(c->owned[i], strlen(c->owned[i]));
+        free(c->owned[i]);
+    }
+    free(c->owned);
+    c->owned = NULL;
+    c->nowned = 0;
 }
 
 void

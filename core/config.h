@@ -34,6 +34,8 @@ struct config {
     long max_conns_per_ip;
     long conn_timeout;
     const char *admin;
+    const char *config;
+    const char *user;
     enum log_level log_level;
     enum log_format log_format;
     bool help;
@@ -45,12 +47,16 @@ struct config {
     /* Arguments that are not options (payload files for feed). */
     const char **args;
     int nargs;
+    /* Values read from --config, which the fields above may point into. */
+    char **owned;
+    int nowned;
 };
 
 void config_defaults(struct config *c);
 /*
- * Reads GRWHD_<NAME> variables, then argv (which wins).  Returns -1 with
- * a one-line message for a bad option or value.
+ * Reads the --config file (or GRWHD_CONFIG), then GRWHD_<NAME> variables,
+ * then argv; a later source wins.  Returns -1 with a one-line message for
+ * a bad option or value.
  */
 int config_parse(struct config *c, int argc, char **argv, struct gerr *err);
 void config_free(struct config *c);

@@ -1,5 +1,7 @@
 /* main.c - command line, signals, and the wiring of the daemon. */
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -108,6 +110,46 @@ reload(const struct config *c, const struct lrt_conf *lc, struct dispatch *d,
     dispatch_reload(d);
 }
 
+/*
+ * Becomes user (when root): the spool's files change hands first, so the
+ * daemon can still write them, and SQLite can recreate its side files.
+ */
+static int
+drop_privileges(const char *user, const char *spool, struct gerr *err)
+{
+    static const char *const sides[] = {"", "-wal", "-shm", ".lock"};
+    struct passwd *pw;
+    char path[4096];
+
+    if (geteuid() != 0) {
+        gerr_set(err, "--user needs grwhd to start as root");
+        return -1;
+    }
+    pw = getpwnam(user);
+    if (pw == NULL) {
+        gerr_set(err, "no user '%s'", user);
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof(sides) / sizeof(sides[0]); i++) {
+        snprintf(path, sizeof(path), "%s%s", spool, sides[i]);
+        if (chown(path, pw->pw_uid, pw->pw_gid) != 0 && errno != ENOENT) {
+            gerr_set(err, "%s: %s", path, strerror(errno));
+            return -1;
+        }
+    }
+    if (initgroups(pw->pw_name, pw->pw_gid) != 0 ||
+        setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
+        gerr_set(err, "cannot become %s: %s", user, strerror(errno));
+        return -1;
+    }
+    if (setuid(0) == 0) {
+        gerr_set(err, "could regain root after dropping it");
+        return -1;
+    }
+    log_msg_str(LOG_INFO, "running as", "user", user);
+    return 0;
+}
+
 static void
 reload_tls(const struct config *c)
 {
@@ -185,22 +227,6 @@ serve(struct config *c)
         return 1;
     }
     {
-        struct dispatch_conf dc = {
-            .workers = (int)c->workers,
-            .queue_cap = GRWHD_QUEUE_PER_WORKER,
-            .lua = &lc,
-            .start = intake_started,
-            .done = intake_complete,
-            .done_arg = in,
-        };
-        d = dispatch_start(&dc, &err);
-    }
-    if (d == NULL) {
-        log_msg_str(LOG_ERROR, "cannot load script", "error", err.msg);
-        goto out;
-    }
-    intake_set_dispatch(in, d);
-    {
         struct server_conf sc = {
             .listen = c->listen,
             .tls_cert = c->tls_cert,
@@ -235,6 +261,27 @@ serve(struct config *c)
             goto out;
         }
     }
+    /* Listening sockets are bound: root is no longer needed. */
+    if (c->user != NULL && drop_privileges(c->user, c->spool, &err) != 0) {
+        log_msg_str(LOG_ERROR, "cannot switch user", "error", err.msg);
+        goto out;
+    }
+    {
+        struct dispatch_conf dc = {
+            .workers = (int)c->workers,
+            .queue_cap = GRWHD_QUEUE_PER_WORKER,
+            .lua = &lc,
+            .start = intake_started,
+            .done = intake_complete,
+            .done_arg = in,
+        };
+        d = dispatch_start(&dc, &err);
+    }
+    if (d == NULL) {
+        log_msg_str(LOG_ERROR, "cannot load script", "error", err.msg);
+        goto out;
+    }
+    intake_set_dispatch(in, d);
     {
         struct log_line l;
         if (log_begin(&l, LOG_INFO, "listening")) {

@@ -5,7 +5,8 @@
 set -u
 cd "$(dirname "$0")/.." || exit 1
 rc=0
-files=$(git ls-files 'core/*.[ch]' 'lua/*.[ch]' 'tests/*.[ch]' 'examples/*.lua' \
+files=$(git ls-files --cached --others --exclude-standard 'core/*.[ch]' \
+    'lua/*.[ch]' 'tests/*.[ch]' 'examples/*.lua' 'examples/*/*.lua' \
     'tests/e2e/*.lua' 2>/dev/null)
 for f in $files; do
     awk -v f="$f" '
