@@ -97,14 +97,27 @@ bench: all $(BUILD)/bench_lua
 $(BUILD)/bench_lua: $(CORE_OBJ) $(BUILD)/tests/bench_lua.o
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(ALL_LIBS) $(LDFLAGS)
 
+SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
+
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/grwhd/examples
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	  $(DESTDIR)$(PREFIX)/share/grwhd/examples/router \
+	  $(DESTDIR)$(PREFIX)/share/doc/grwhd $(DESTDIR)$(SYSTEMD_DIR)
 	install -m 755 grwhd $(DESTDIR)$(PREFIX)/bin/grwhd
+	install -m 644 docs/grwhd.1 $(DESTDIR)$(PREFIX)/share/man/man1/grwhd.1
 	install -m 644 examples/*.lua $(DESTDIR)$(PREFIX)/share/grwhd/examples/
+	install -m 644 examples/router/*.lua \
+	  $(DESTDIR)$(PREFIX)/share/grwhd/examples/router/
+	install -m 644 docs/lua.md README.md $(DESTDIR)$(PREFIX)/share/doc/grwhd/
+	sed 's|/usr/local/bin/grwhd|$(PREFIX)/bin/grwhd|' scripts/grwhd.service \
+	  > $(DESTDIR)$(SYSTEMD_DIR)/grwhd.service
+	chmod 644 $(DESTDIR)$(SYSTEMD_DIR)/grwhd.service
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/grwhd
-	rm -rf $(DESTDIR)$(PREFIX)/share/grwhd
+	rm -f $(DESTDIR)$(PREFIX)/share/man/man1/grwhd.1
+	rm -f $(DESTDIR)$(SYSTEMD_DIR)/grwhd.service
+	rm -rf $(DESTDIR)$(PREFIX)/share/grwhd $(DESTDIR)$(PREFIX)/share/doc/grwhd
 
 clean:
 	rm -rf build grwhd

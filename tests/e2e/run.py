@@ -165,7 +165,8 @@ class Daemon:
                                      stdout=self.logf, stderr=self.logf,
                                      env=e, cwd=ctx.dir)
         ctx.daemons.append(self)
-        ok = wait_for(lambda: "msg=listening" in self.stderr()
+        ok = wait_for(lambda: ("msg=listening" in self.stderr() or
+                               '"msg":"listening"' in self.stderr())
                       or self.proc.poll() is not None, 15)
         check(ok and self.proc.poll() is None,
               "daemon did not start (rc=%s): %s"
@@ -1806,6 +1807,289 @@ def test_examples_run(ctx):
         peer.stop()
 
 
+# ---------------------------------------------------------------------------
+# Operations: admin listener, metrics, reloads, logs, options, packaging.
+
+def admin_get(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        c.close()
+
+
+def metric(text, name, labels=""):
+    """The value of one series in Prometheus text, or None."""
+    want = name + ("{%s}" % labels if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_metrics_follow_requests_and_results(ctx):
+    port = free_port()
+    d = ctx.daemon(args=["--admin", "127.0.0.1:%d" % port,
+                         "--max-attempts", "2"],
+                   env={"GRWHD_TEST_FAIL_TYPE": "contact_moved"})
+    st, body = admin_get(port, "/healthz")
+    check(st == 200, "healthz %d" % st)
+    st, body = admin_get(port, "/readyz")
+    check(st == 200, "readyz %d %s" % (st, body))
+    st, m0 = admin_get(port, "/metrics")
+    check(st == 200 and metric(m0, "grwhd_requests_total", 'code="200"')
+          == 0, "fresh metrics: %r" % m0[:300])
+    batch = fixture("batch.json")
+    wid = str(uuid.uuid4())
+    expect_ok(d.post(batch, headers={"X-Webhook-ID": wid}), "batch")
+    expect_ok(d.post(batch, headers={"X-Webhook-ID": wid}), "repeat")
+    st, _, _ = d.post(batch, url=d.url(secret="wrong"))
+    check(st == 403, "wrong secret %d" % st)
+    d.wait_calls(4)
+
+    def settled():
+        _, m = admin_get(port, "/metrics")
+        dead = metric(m, "grwhd_events_handled_total",
+                      'type="contact_moved",result="dead"')
+        return m if dead == 1 else None
+    m = wait_for(settled, 10)
+    check(m, "the failing event never went dead in the metrics")
+    want = [
+        ("grwhd_requests_total", 'code="200"', 2),
+        ("grwhd_requests_total", 'code="403"', 1),
+        ("grwhd_events_received_total", 'type="contact_added"', 1),
+        ("grwhd_events_received_total", 'type="contact_moved"', 1),
+        ("grwhd_events_handled_total",
+         'type="contact_added",result="ok"', 1),
+        ("grwhd_events_handled_total",
+         'type="contact_moved",result="retry"', 1),
+        ("grwhd_dedupe_hits_total", "", 5),
+        ("grwhd_spool_dead", "", 1),
+        ("grwhd_spool_backlog", "", 0),
+        ("grwhd_ack_latency_seconds_count", "", 2),
+        ("grwhd_handler_latency_seconds_count", "", 6),
+    ]
+    for name, labels, value in want:
+        got = metric(m, name, labels)
+        check(got == value, "%s{%s} = %r, want %r" % (name, labels, got,
+                                                     value))
+    check(metric(m, "grwhd_open_connections") is not None, "no gauge")
+    d.proc.send_signal(signal.SIGHUP)
+    check(wait_for(lambda: metric(admin_get(port, "/metrics")[1],
+                                  "grwhd_script_reloads_total",
+                                  'result="ok"') == 1, 5),
+          "script reload not counted")
+    st, _ = admin_get(port, "/nope")
+    check(st == 404, "unknown admin path %d" % st)
+
+
+def test_readyz_503_while_spool_cannot_write(ctx):
+    mnt = os.path.join(ctx.dir, "small")
+    os.mkdir(mnt)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
+                        mnt], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise TestSkip("cannot mount a tmpfs (needs root): %s"
+                       % r.stderr.strip())
+    try:
+        port = free_port()
+        d = ctx.daemon(spool=os.path.join(mnt, "spool.db"),
+                       args=["--admin", "127.0.0.1:%d" % port])
+        filler = os.path.join(mnt, "filler")
+        with open(filler, "wb") as f:
+            try:
+                f.write(b"\0" * (4 << 20))
+            except OSError:
+                pass
+        big = [event_with_id(fixture("contact_added.json"), "rz-%d" % i)
+               for i in range(100)]
+        for ev in big:
+            ev["pad"] = "x" * 2000
+        for _ in range(20):
+            if d.post(big)[0] == 503:
+                break
+        st, body = admin_get(port, "/readyz")
+        check(st == 503 and "spool" in body, "readyz on a full disk: %d %s"
+              % (st, body))
+        os.unlink(filler)
+        expect_ok(d.post(event_with_id(fixture("contact_added.json"),
+                                       "rz-after")), "after space")
+        st, body = admin_get(port, "/readyz")
+        check(st == 200, "readyz after recovery: %d %s" % (st, body))
+        d.stop()
+    finally:
+        subprocess.run(["umount", "-l", mnt], capture_output=True)
+
+
+def make_pair(dir_, name):
+    cert = os.path.join(dir_, name + ".pem")
+    key = os.path.join(dir_, name + ".key")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+         "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+         "-subj", "/CN=" + name, "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", key, "-out", cert],
+        check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+def peer_cn(port):
+    ctx_ = ssl.create_default_context()
+    ctx_.check_hostname = False
+    ctx_.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), 5) as raw:
+        with ctx_.wrap_socket(raw) as s:
+            der = s.getpeercert(binary_form=True)
+    pem = ssl.DER_cert_to_PEM_cert(der)
+    out = subprocess.run(["openssl", "x509", "-noout", "-subject"],
+                         input=pem, capture_output=True, text=True)
+    return out.stdout.strip().split("=")[-1].strip()
+
+
+def test_tls_reload_keeps_old_connections(ctx):
+    a_cert, a_key = make_pair(ctx.dir, "pairA")
+    b_cert, b_key = make_pair(ctx.dir, "pairB")
+    cert = os.path.join(ctx.dir, "cert.pem")
+    key = os.path.join(ctx.dir, "key.pem")
+    shutil.copy(a_cert, cert)
+    shutil.copy(a_key, key)
+    d = ctx.daemon(args=["--tls-cert", cert, "--tls-key", key])
+    check(peer_cn(d.port) == "pairA", "first pair")
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    old = http.client.HTTPSConnection("127.0.0.1", d.port, context=insecure,
+                                      timeout=10)
+    ev = event_with_id(fixture("contact_added.json"), "tls-1")
+    expect_ok(d.post(ev, conn=old), "on the old connection")
+    shutil.copy(b_cert, cert)
+    shutil.copy(b_key, key)
+    d.proc.send_signal(signal.SIGHUP)
+    check(wait_for(lambda: "TLS certificate reloaded" in d.stderr(), 5),
+          "no reload logged")
+    check(peer_cn(d.port) == "pairB", "a new connection gets the new pair")
+    expect_ok(d.post(event_with_id(ev, "tls-2"), conn=old),
+              "the old keep-alive connection after the reload")
+    shutil.copy(a_key, key)         # a key of another certificate
+    d.proc.send_signal(signal.SIGHUP)
+    check(wait_for(lambda: "TLS reload failed" in d.stderr(), 5),
+          "a mismatched pair was not refused")
+    check(peer_cn(d.port) == "pairB", "the good pair stays after a bad one")
+    old.close()
+
+
+def test_json_log_lines_parse(ctx):
+    d = ctx.daemon(args=["--log-format", "json"],
+                   env={"GRWHD_TEST_FAIL_TYPE": "contact_moved"})
+    expect_ok(d.post(fixture("batch.json")), "batch")
+    d.post(None, raw=b"{")
+    d.wait_calls(4)
+    check(wait_for(lambda: "will retry" in d.stderr(), 5), "no failure line")
+    d.stop()
+    lines = d.stderr().splitlines()
+    check(len(lines) >= 6, "few lines: %r" % lines)
+    msgs = set()
+    for line in lines:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            raise TestFailure("not JSON: %r" % line[:200])
+        check(isinstance(doc, dict) and {"ts", "level", "msg"} <= set(doc),
+              "line without ts/level/msg: %r" % line[:200])
+        msgs.add(doc["msg"])
+    for m in ("listening", "request", "handler failed, will retry",
+              "shutting down"):
+        check(m in msgs, "no %r line among %r" % (m, sorted(msgs)))
+
+
+def test_options_from_environment_and_config_file(ctx):
+    conf = os.path.join(ctx.dir, "grwhd.conf")
+    with open(conf, "w") as f:
+        f.write("# grwhd options\nmax-body = 1K\nsecret-param = token\n"
+                "path = /from-file\n")
+    d = ctx.daemon(args=["--config", conf],
+                   env={"GRWHD_PATH": "/from-env"})
+    small = {"type": "contact_added"}
+    big = {"type": "contact_added", "pad": "x" * 1500}
+    u = d.url(path="/from-env", param="token")
+    expect_ok(d.post(small, url=u), "param and path from file and env")
+    st, _, _ = d.post(big, url=u)
+    check(st == 413, "max-body from the file: %d" % st)
+    st, _, _ = d.post(small, url=d.url(path="/from-file", param="token"))
+    check(st == 404, "the environment did not override the file: %d" % st)
+    st, _, _ = d.post(small, url=d.url(path="/from-env"))
+    check(st == 403, "secret-param from the file ignored: %d" % st)
+    d.stop()
+    d2 = ctx.daemon(args=["--config", conf, "--max-body", "4K"],
+                    env={"GRWHD_PATH": "/from-env"})
+    expect_ok(d2.post(big, url=d2.url(path="/from-env", param="token")),
+              "the command line overrides the file")
+    bad = os.path.join(ctx.dir, "bad.conf")
+    with open(bad, "w") as f:
+        f.write("workers = lots\n")
+    rc, _, err = grwhd_cli("--config", bad, "--script", HANDLER)
+    check(rc == 2 and "bad.conf:1" in err, "bad config: %d %r" % (rc, err))
+
+
+def test_make_install_lays_out_files(ctx):
+    dest = os.path.join(ctx.dir, "dest")
+    r = subprocess.run(["make", "-s", "-C", REPO, "install",
+                        "DESTDIR=" + dest, "PREFIX=/usr"],
+                       capture_output=True, text=True, timeout=600)
+    check(r.returncode == 0, "make install: %s" % r.stderr[-500:])
+    for f in ("usr/bin/grwhd", "usr/share/man/man1/grwhd.1",
+              "usr/share/grwhd/examples/handler.lua",
+              "usr/share/grwhd/examples/router/routes.lua",
+              "usr/share/doc/grwhd/lua.md",
+              "usr/lib/systemd/system/grwhd.service"):
+        check(os.path.isfile(os.path.join(dest, f)), "missing " + f)
+    check(os.access(os.path.join(dest, "usr/bin/grwhd"), os.X_OK),
+          "binary not executable")
+    unit = open(os.path.join(dest, "usr/lib/systemd/system/grwhd.service"))
+    text = unit.read()
+    unit.close()
+    check("ExecStart=/usr/bin/grwhd" in text and "ExecReload=" in text and
+          "DynamicUser=yes" in text and "StateDirectory=grwhd" in text,
+          "unit %r" % text[:300])
+    if shutil.which("systemd-analyze"):
+        copy = os.path.join(ctx.dir, "grwhd.service")
+        with open(copy, "w") as f:
+            f.write(text.replace("/usr/bin/grwhd",
+                                 os.path.join(dest, "usr/bin/grwhd")))
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", copy],
+                           capture_output=True, text=True, timeout=60)
+        check(r.returncode == 0 and not r.stderr.strip(),
+              "systemd-analyze verify: %s" % r.stderr[-500:])
+
+
+def test_user_drops_root(ctx):
+    if os.geteuid() != 0:
+        raise TestSkip("not root")
+    try:
+        import pwd
+        pwd.getpwnam("nobody")
+    except KeyError:
+        raise TestSkip("no user nobody")
+    work = os.path.join(ctx.dir, "u")
+    os.mkdir(work)
+    os.chmod(work, 0o777)
+    # The run's folders are private (mkdtemp); nobody must reach work/.
+    os.chmod(ctx.dir, 0o755)
+    os.chmod(os.path.dirname(ctx.dir), 0o755)
+    out = os.path.join(work, "out.txt")
+    d = ctx.daemon(args=["--user", "nobody"], out=out,
+                   spool=os.path.join(work, "spool.db"))
+    expect_ok(d.post(event_with_id(fixture("contact_added.json"), "u-1")),
+              "as nobody")
+    d.wait_calls(1)
+    with open("/proc/%d/status" % d.proc.pid) as f:
+        uids = [l.split()[1:] for l in f if l.startswith("Uid:")][0]
+    check(set(uids) == {"65534"}, "uids %r" % uids)
+    check(os.stat(out).st_uid == 65534, "handler did not run as nobody")
+
+
 TESTS = [
     test_http_table,
     test_secret_param_and_path,
@@ -1855,6 +2139,13 @@ TESTS = [
     test_check_warns_and_new_writes_a_starter,
     test_feed_reports_each_outcome,
     test_examples_run,
+    test_metrics_follow_requests_and_results,
+    test_readyz_503_while_spool_cannot_write,
+    test_tls_reload_keeps_old_connections,
+    test_json_log_lines_parse,
+    test_options_from_environment_and_config_file,
+    test_make_install_lays_out_files,
+    test_user_drops_root,
 ]
 
 
