@@ -34,8 +34,9 @@
 #define GRWHD_FEED_MAX (64L << 20)
 /* How long shutdown waits for requests whose events are being stored. */
 #define GRWHD_DRAIN_SECONDS 5.0
-/* Secret sets replaced by SIGHUP that are kept until exit (a request may
- * still read one); past this many reloads, restart to reload secrets. */
+/* XXX(secret-retire): secret sets replaced by SIGHUP are kept until exit
+ * (a request may still read one); past this many reloads a restart is
+ * needed to reload the secret file. */
 #define GRWHD_RELOADS_KEPT 64
 /* How often the script's folder is looked at for changes. */
 #define GRWHD_WATCH_TICK_NS (500L * 1000 * 1000)

@@ -20,9 +20,9 @@ struct pair {
 };
 
 /*
- * The handshake callback takes no argument of ours, hence a global.  A
- * replaced pair is never freed while the daemon runs: a handshake may
- * still hold it, and pairs are few and small.
+ * The handshake callback takes no argument of ours, hence a global.
+ * XXX(tls-retire): a replaced pair is freed only at exit, since nothing
+ * tells when the last handshake using it is over; a few KiB per reload.
  */
 static _Atomic(struct pair *) current;
 static pthread_mutex_t retired_mu = PTHREAD_MUTEX_INITIALIZER;

@@ -88,6 +88,8 @@ timeout_tostring(lua_State *L)
 /*
  * Once past the deadline the hook fires on every instruction and raises
  * each time, so a pcall inside the script cannot absorb the timeout.
+ * XXX(blocking-c): a call blocked in C (os.execute, io.read on a pipe)
+ * runs no instructions, so it is not cut short; it ends when it returns.
  */
 static void
 rt_hook(lua_State *L, lua_Debug *ar)
