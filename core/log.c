@@ -65,19 +65,6 @@ putc1(struct log_line *l, char c)
     put(l, &c, 1);
 }
 
-/* Length of the UTF-8 sequence a lead byte starts, or 0. */
-static size_t
-utf8_len(unsigned char c)
-{
-    if (c >= 0xc2 && c <= 0xdf)
-        return 2;
-    if (c >= 0xe0 && c <= 0xef)
-        return 3;
-    if (c >= 0xf0 && c <= 0xf4)
-        return 4;
-    return 0;
-}
-
 static bool
 needs_quotes(const char *s, size_t n)
 {
@@ -139,7 +126,7 @@ put_escaped(struct log_line *l, const char *s, size_t n)
                 size_t ok = util_utf8_valid((const unsigned char *)s + i,
                                             n - i < 4 ? n - i : 4);
                 /* The valid prefix ends inside this character or not. */
-                take = utf8_len(c);
+                take = util_utf8_len(c);
                 if (take == 0 || ok < take) {
                     out = "\xef\xbf\xbd";
                     on = 3;

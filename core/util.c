@@ -37,9 +37,8 @@ util_mono(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Length of the sequence led by c, or 0 for a byte that cannot lead. */
-static int
-utf8_seq_len(unsigned char c)
+size_t
+util_utf8_len(unsigned char c)
 {
     if (c < 0x80)
         return 1;
@@ -59,16 +58,16 @@ util_utf8_valid(const unsigned char *s, size_t len)
 
     while (i < len) {
         unsigned char c = s[i];
-        int n;
+        size_t n;
 
         if (c < 0x80) {
             i++;
             continue;
         }
-        n = utf8_seq_len(c);
-        if (n == 0 || i + (size_t)n > len)
+        n = util_utf8_len(c);
+        if (n == 0 || i + n > len)
             return i;
-        for (int k = 1; k < n; k++)
+        for (size_t k = 1; k < n; k++)
             if ((s[i + k] & 0xc0) != 0x80)
                 return i;
         /* Overlong forms, surrogates and values past U+10FFFF. */
@@ -80,7 +79,7 @@ util_utf8_valid(const unsigned char *s, size_t len)
             return i;
         if (c == 0xf4 && s[i + 1] > 0x8f)
             return i;
-        i += (size_t)n;
+        i += n;
     }
     return len;
 }

@@ -24,6 +24,9 @@ double util_mono(void);
  * byte, or len when all of it is valid.
  */
 size_t util_utf8_valid(const unsigned char *buf, size_t len);
+/* Length of the UTF-8 sequence led by byte c (1 for ASCII), or 0 for a
+ * byte that cannot lead one. */
+size_t util_utf8_len(unsigned char c);
 
 /* malloc that never returns NULL: out of memory is not survivable here. */
 void *xmalloc(size_t n);

@@ -423,11 +423,11 @@ enc_string(lua_State *L, struct enc *e, const char *s, size_t n)
 
         if (c >= 0x80) {
             /* Bytes that are not UTF-8 would make the text invalid JSON. */
-            size_t want = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+            size_t want = util_utf8_len(c);
             size_t ok = util_utf8_valid((const unsigned char *)s + i,
                                         n - i < want ? n - i : want);
 
-            if (ok == want) {
+            if (want > 0 && ok == want) {
                 i += want - 1;      /* one whole character, as it is */
                 continue;
             }

@@ -1214,6 +1214,42 @@ def test_sigterm_exits_zero(ctx):
     check(rc == 0, "exit status after SIGTERM: %s" % rc)
 
 
+class SmallDisk:
+    """A 4 MiB tmpfs the test mounts (root only) and can fill and free."""
+
+    def __init__(self, ctx):
+        self.dir = os.path.join(ctx.dir, "small")
+        os.mkdir(self.dir)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m",
+                            "tmpfs", self.dir], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            raise TestSkip("cannot mount a tmpfs (needs root): %s"
+                           % r.stderr.strip())
+        self.filler = os.path.join(self.dir, "filler")
+
+    def fill(self):
+        with open(self.filler, "wb") as f:
+            try:
+                f.write(b"\0" * (4 << 20))
+            except OSError:
+                pass
+
+    def free(self):
+        os.unlink(self.filler)
+
+    def unmount(self):
+        subprocess.run(["umount", "-l", self.dir], capture_output=True)
+
+
+def big_batch(prefix):
+    batch = [event_with_id(fixture("contact_added.json"), "%s-%d"
+                           % (prefix, i)) for i in range(100)]
+    for ev in batch:
+        ev["pad"] = "x" * 2000
+    return batch
+
+
 def grwhd_cli(*args, timeout=20):
     """Runs the grwhd binary with args; returns (rc, stdout, stderr)."""
     p = subprocess.run([BIN] + list(args), capture_output=True, text=True,
@@ -1335,35 +1371,16 @@ def test_kill9_mid_handler_counts_attempt(ctx):
 
 
 def test_full_disk_503_then_recovery(ctx):
-    """A spool that cannot grow answers 503 + Retry-After, then recovers.
-
-    The spool sits on a 4 MiB tmpfs that the test mounts (root only) and
-    fills with a file; removing the file frees the space again.
-    """
-    mnt = os.path.join(ctx.dir, "small")
-    os.mkdir(mnt)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
-                        mnt], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise TestSkip("cannot mount a tmpfs (needs root): %s"
-                       % r.stderr.strip())
+    """A spool that cannot grow answers 503 + Retry-After, then recovers."""
+    disk = SmallDisk(ctx)
     try:
-        spool = os.path.join(mnt, "spool.db")
-        d = ctx.daemon(spool=spool)
+        d = ctx.daemon(spool=os.path.join(disk.dir, "spool.db"))
         base = fixture("contact_added.json")
         expect_ok(d.post(event_with_id(base, "df-0")), "before full")
-        filler = os.path.join(mnt, "filler")
-        with open(filler, "wb") as f:
-            try:
-                f.write(b"\0" * (4 << 20))
-            except OSError:
-                pass
-        big = [event_with_id(base, "df-big-%d" % i) for i in range(100)]
-        for ev in big:
-            ev["pad"] = "x" * 2000
+        disk.fill()
         statuses = []
-        for i in range(20):
-            st, h, b = d.post(big)
+        for _ in range(20):
+            st, h, b = d.post(big_batch("df-big"))
             statuses.append(st)
             if st == 503:
                 expect_json_error(st, h, b, 503, "disk full")
@@ -1372,14 +1389,14 @@ def test_full_disk_503_then_recovery(ctx):
                 break
         check(503 in statuses, "never 503 on a full disk: %r" % statuses)
         check(d.alive(), "daemon died on a full disk")
-        os.unlink(filler)
+        disk.free()
         expect_ok(d.post(event_with_id(base, "df-after")), "after space")
         ok = wait_for(lambda: "df-after" in [c["cid"] for c in d.calls()],
                       10)
         check(ok, "event after recovery not handled")
         d.stop()
     finally:
-        subprocess.run(["umount", "-l", mnt], capture_output=True)
+        disk.unmount()
 
 
 # ---------------------------------------------------------------------------
@@ -1890,41 +1907,26 @@ def test_metrics_follow_requests_and_results(ctx):
 
 
 def test_readyz_503_while_spool_cannot_write(ctx):
-    mnt = os.path.join(ctx.dir, "small")
-    os.mkdir(mnt)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
-                        mnt], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise TestSkip("cannot mount a tmpfs (needs root): %s"
-                       % r.stderr.strip())
+    disk = SmallDisk(ctx)
     try:
         port = free_port()
-        d = ctx.daemon(spool=os.path.join(mnt, "spool.db"),
+        d = ctx.daemon(spool=os.path.join(disk.dir, "spool.db"),
                        args=["--admin", "127.0.0.1:%d" % port])
-        filler = os.path.join(mnt, "filler")
-        with open(filler, "wb") as f:
-            try:
-                f.write(b"\0" * (4 << 20))
-            except OSError:
-                pass
-        big = [event_with_id(fixture("contact_added.json"), "rz-%d" % i)
-               for i in range(100)]
-        for ev in big:
-            ev["pad"] = "x" * 2000
+        disk.fill()
         for _ in range(20):
-            if d.post(big)[0] == 503:
+            if d.post(big_batch("rz"))[0] == 503:
                 break
         st, body = admin_get(port, "/readyz")
         check(st == 503 and "spool" in body, "readyz on a full disk: %d %s"
               % (st, body))
-        os.unlink(filler)
+        disk.free()
         expect_ok(d.post(event_with_id(fixture("contact_added.json"),
                                        "rz-after")), "after space")
         st, body = admin_get(port, "/readyz")
         check(st == 200, "readyz after recovery: %d %s" % (st, body))
         d.stop()
     finally:
-        subprocess.run(["umount", "-l", mnt], capture_output=True)
+        disk.unmount()
 
 
 def make_pair(dir_, name):
