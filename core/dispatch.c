@@ -24,6 +24,9 @@ struct worker {
     size_t head, count;
     bool stop;
     unsigned generation;    /* of the script its state was built from */
+    /* The attempt running now (0 when idle), for dispatch_watch. */
+    atomic_int_fast64_t busy_us, busy_id;
+    int64_t warned_id;      /* dispatch_watch's thread only */
 };
 
 struct dispatch {
@@ -132,7 +135,10 @@ worker_main(void *arg)
         if (d->conf.start != NULL)
             d->conf.start(d->conf.done_arg, ev);
         t0 = util_mono();
+        atomic_store(&w->busy_id, ev->id);
+        atomic_store(&w->busy_us, (int_fast64_t)(t0 * 1e6));
         ok = lrt_call(w->rt, ev, &err) >= 0;
+        atomic_store(&w->busy_us, 0);
         metrics_handler_latency(util_mono() - t0);
         if (ok)
             log_handled(ev, util_mono() - t0);
@@ -180,6 +186,32 @@ dispatch_start(const struct dispatch_conf *conf, struct gerr *err)
 fail:
     dispatch_stop(d, 0);
     return NULL;
+}
+
+void
+dispatch_watch(struct dispatch *d, double limit)
+{
+    double now = util_mono();
+
+    for (int i = 0; i < d->conf.workers; i++) {
+        struct worker *w = &d->w[i];
+        int_fast64_t since = atomic_load(&w->busy_us);
+        int64_t id = (int64_t)atomic_load(&w->busy_id);
+        struct log_line l;
+
+        if (since == 0 || now - (double)since / 1e6 < limit ||
+            id == w->warned_id)
+            continue;
+        w->warned_id = id;
+        if (log_begin(&l, LOG_ERROR, "handler stuck past its time limit "
+                                     "(blocked in C?); this worker's events "
+                                     "wait")) {
+            log_int(&l, "worker", i);
+            log_int(&l, "spool_id", (long long)id);
+            log_num(&l, "seconds", now - (double)since / 1e6);
+            log_end(&l);
+        }
+    }
 }
 
 void

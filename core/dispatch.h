@@ -34,6 +34,12 @@ struct dispatch;
 struct dispatch *dispatch_start(const struct dispatch_conf *conf,
                                 struct gerr *err);
 /*
+ * Logs (once per attempt) a handler that has run longer than limit
+ * seconds: one blocked in C, which the instruction count cannot stop.
+ * Call it from one thread only.
+ */
+void dispatch_watch(struct dispatch *d, double limit);
+/*
  * Has every worker build a fresh state from the script between events; a
  * worker whose new state fails to load keeps its old one.
  */

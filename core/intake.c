@@ -74,6 +74,7 @@ struct intake {
     double gen_started;
     struct keyset txn;
     bool dedupe_oom;
+    struct keyset ended;    /* ids whose attempt ends in this batch */
 };
 
 double
@@ -230,6 +231,17 @@ fate(struct intake *in, const struct completion *c, double now,
     return SPOOL_SCHEDULED;
 }
 
+/* An event id as a key set key (ids are never 0). */
+static const unsigned char *
+id_key(int64_t id)
+{
+    static _Thread_local unsigned char k[GRWHD_KEYSET_KEY];
+
+    memset(k, 0, sizeof(k));
+    memcpy(k, &id, sizeof(id));
+    return k;
+}
+
 static bool
 seen(const struct intake *in, const unsigned char *key)
 {
@@ -295,11 +307,18 @@ write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
                 goto fail;
         }
     }
+    /* A start whose end is in the same batch need not be written. */
+    keyset_clear(&in->ended);
+    for (struct completion *c = cs; c; c = c->next)
+        if (c->kind != MARK_START && !keyset_add(&in->ended, id_key(c->id)))
+            goto fail;
     for (struct completion *c = cs; c; c = c->next) {
         enum spool_state st = SPOOL_RUNNING;
         double next_at = 0;
         int rc;
 
+        if (c->kind == MARK_START && keyset_has(&in->ended, id_key(c->id)))
+            continue;
         if (c->kind == MARK_DONE)
             st = SPOOL_DONE;
         else if (c->kind == MARK_FAIL)
@@ -491,13 +510,18 @@ intake_start(struct spool *s, const struct intake_conf *conf,
              struct gerr *err)
 {
     struct intake *in = xcalloc(1, sizeof(*in));
+    int64_t buried;
 
     in->spool = s;
     in->conf = *conf;
     in->jobs_tail = &in->jobs;
     in->done_tail = &in->done;
+    buried = spool_bury(s, conf->max_attempts);
+    if (buried > 0)
+        log_msg(LOG_ERROR, "events whose last attempt stopped the daemon "
+                           "are now dead; see grwhd spool dead");
     in->backlog = spool_backlog(s);
-    if (in->backlog < 0) {
+    if (buried < 0 || in->backlog < 0) {
         gerr_set(err, "spool: %s", spool_errmsg(s));
         free(in);
         return NULL;
@@ -544,7 +568,9 @@ intake_submit(struct intake *in, struct intake_job *job)
 
     job->next = NULL;
     pthread_mutex_lock(&in->mu);
-    if (in->stop || in->backlog + (int64_t)job->n > in->conf.max_backlog) {
+    /* A batch is let in whole while the backlog is under its bound, so
+     * one larger than the bound is not refused for ever. */
+    if (in->stop || in->backlog >= in->conf.max_backlog) {
         rc = -1;
     } else {
         *in->jobs_tail = job;
@@ -639,6 +665,7 @@ intake_stop(struct intake *in)
     keyset_free(&in->gen[0]);
     keyset_free(&in->gen[1]);
     keyset_free(&in->txn);
+    keyset_free(&in->ended);
     pthread_mutex_destroy(&in->mu);
     pthread_cond_destroy(&in->cv);
     pthread_cond_destroy(&in->ack);

@@ -10,8 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
-
 #include "admin.h"
 #include "auth.h"
 #include "batch.h"
@@ -303,6 +301,8 @@ serve(struct config *c)
         struct timespec tick = {0, GRWHD_WATCH_TICK_NS};
 
         sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig < 0 && c->handler_timeout > 0)
+            dispatch_watch(d, c->handler_timeout + GRWHD_STOP_GRACE);
         if (sig < 0) {
             /* Reload once a change has held still for a tick: editors
              * and git write in several steps. */
@@ -622,8 +622,6 @@ main(int argc, char **argv)
         cmd = argv[1];
         first = 2;
     }
-    /* Before any thread: libcurl's global set-up is not thread-safe. */
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     config_defaults(&c);
     if (config_parse(&c, argc - first, argv + first, &err) != 0) {
         fprintf(stderr, "grwhd: %s\n", err.msg);

@@ -84,6 +84,7 @@ struct req {
     atomic_int refs;
     struct req *wait_prev, *wait_next;
     char *webhook_id, *request_id;
+    char error[128];        /* why a 400 was answered, for the log */
     char remote[INET6_ADDRSTRLEN];
     char path[GRWHD_LOG_PATH_MAX];
 };
@@ -142,6 +143,7 @@ reply_error(struct req *r, unsigned status, const char *msg)
     enum MHD_Result rc;
 
     json_text(text, sizeof(text), msg);
+    snprintf(r->error, sizeof(r->error), "%s", msg);
     resp = error_response(text);
     if (resp == NULL)
         return MHD_NO;
@@ -158,11 +160,47 @@ add_query_key(void *cls, enum MHD_ValueKind kind, const char *key,
     size_t n = strlen(r->path);
 
     (void)kind;
-    (void)value;
-    /* Values are never logged: one may be the secret, another an e-mail. */
-    snprintf(r->path + n, sizeof(r->path) - n, "%s%s=REDACTED",
-             strchr(r->path, '?') ? "&" : "?", key);
+    /* Values are not logged (one is the secret, another may be an e-mail)
+     * but for a legacy callback's action, which says what it is. */
+    snprintf(r->path + n, sizeof(r->path) - n, "%s%s=%s",
+             strchr(r->path, '?') ? "&" : "?", key,
+             strcmp(key, "action") == 0 && value ? value : "REDACTED");
     return MHD_YES;
+}
+
+/*
+ * A URL mistyped with the secret in its path (".../secret=S") would put
+ * the secret in the log: what follows "NAME=" there is redacted too.
+ */
+static void
+redact_path(char *path, const char *param)
+{
+    size_t pn = strlen(param);
+    char *p = path;
+
+    while ((p = strstr(p, param)) != NULL) {
+        char *v = p + pn, *end;
+
+        if (*v != '=') {
+            p = v;
+            continue;
+        }
+        v++;
+        end = v + strcspn(v, "/&;#");
+        if (end == v) {
+            p = v;
+            continue;
+        }
+        if ((size_t)(v - path) + 8 + strlen(end) < GRWHD_LOG_PATH_MAX) {
+            memmove(v + 8, end, strlen(end) + 1);
+            memcpy(v, "REDACTED", 8);
+            p = v + 8;
+        } else {
+            /* No room to keep the rest: it is cut, never shown. */
+            snprintf(v, GRWHD_LOG_PATH_MAX - (size_t)(v - path), "REDACTED");
+            return;
+        }
+    }
 }
 
 static char *
@@ -189,6 +227,7 @@ req_new(struct server *srv, struct MHD_Connection *conn, const char *url,
     atomic_init(&r->stage, REQ_NEW);
     atomic_init(&r->refs, 1);
     snprintf(r->path, sizeof(r->path), "%s", url);
+    redact_path(r->path, srv->conf.secret_param);
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_query_key, r);
     ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci != NULL && ci->client_addr != NULL) {
@@ -536,6 +575,8 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             log_str(&l, "webhook_id", r->webhook_id);
         if (r->status == MHD_HTTP_OK && r->job.duplicates > 0)
             log_int(&l, "duplicates", (long long)r->job.duplicates);
+        if (r->error[0] != '\0')
+            log_str(&l, "error", r->error);
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
             log_str(&l, "aborted",
                     toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "timeout"

@@ -273,6 +273,27 @@ fail:
     return NULL;
 }
 
+int64_t
+spool_bury(struct spool *s, int max_attempts)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t n = -1;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE outcomes SET state = 2, finished_at = ?2,"
+                           " last_error = 'grwhd stopped during this attempt"
+                           " (a crash, a kill, or the handler ended the"
+                           " process)' WHERE state = 0 AND attempts >= ?1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int(st, 1, max_attempts);
+    sqlite3_bind_double(st, 2, util_now());
+    if (sqlite3_step(st) == SQLITE_DONE)
+        n = sqlite3_changes(s->db);
+    sqlite3_finalize(st);
+    return n;
+}
+
 struct spool *
 spool_open_admin(const char *path, struct gerr *err)
 {

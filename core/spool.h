@@ -60,6 +60,12 @@ struct spool;
  * Events left running by a crash become pending again.
  */
 struct spool *spool_open(const char *path, struct gerr *err);
+/*
+ * Marks dead the events whose last allowed attempt was cut short by a
+ * crash (pending again, with max_attempts made): one that kills the
+ * daemon must not run forever.  Returns how many, or -1.
+ */
+int64_t spool_bury(struct spool *s, int max_attempts);
 /* Opens an existing spool for the spool command, beside a running daemon. */
 struct spool *spool_open_admin(const char *path, struct gerr *err);
 void spool_close(struct spool *s);

@@ -131,8 +131,13 @@ retry(struct spool *s, const struct config *c)
     n = spool_retry(s, ids, nids);
     free(ids);
     if (n < 0)
-        return 1;
+        return -1;
     printf("re-queued %lld dead event%s\n", (long long)n, n == 1 ? "" : "s");
+    if (!c->all && (size_t)n < nids) {
+        fprintf(stderr, "grwhd: %zu of the ids given are not dead events "
+                        "(see grwhd spool dead)\n", nids - (size_t)n);
+        return 1;
+    }
     return 0;
 }
 
@@ -168,21 +173,24 @@ spoolcmd_run(const struct config *c)
         fprintf(stderr, "grwhd: %s\n", err.msg);
         return 1;
     }
+    /* -1: SQLite failed (said below); other values are exit statuses. */
     if (strcmp(what, "stats") == 0) {
-        rc = stats(s) == 0 ? 0 : 1;
+        rc = stats(s);
     } else if (strcmp(what, "dead") == 0) {
-        rc = dead(s, c->json) == 0 ? 0 : 1;
+        rc = dead(s, c->json);
     } else if (strcmp(what, "retry") == 0) {
         rc = retry(s, c);
     } else {
         int64_t n = spool_purge_dead(s);
-        rc = n < 0 ? 1 : 0;
+        rc = n < 0 ? -1 : 0;
         if (n >= 0)
             printf("deleted %lld dead event%s\n", (long long)n,
                    n == 1 ? "" : "s");
     }
-    if (rc == 1)
+    if (rc < 0) {
         fprintf(stderr, "grwhd: %s: %s\n", c->spool, spool_errmsg(s));
+        rc = 1;
+    }
     spool_close(s);
     return rc;
 }

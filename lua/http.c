@@ -2,6 +2,7 @@
 #include "http.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -93,6 +94,16 @@ on_header(char *data, size_t size, size_t n, void *arg)
                  HTTP_HEADERS_MAX) != 0)
         return 0;
     return size * n;
+}
+
+/* libcurl's global set-up, once and only when a script makes a request:
+ * it loads its TLS back end, memory a daemon without requests is spared. */
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+
+static void
+curl_setup(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
 static int
@@ -208,6 +219,7 @@ l_http_request(lua_State *L)
     b = lua_newuserdatauv(L, sizeof(*b), 0);        /* args ... box */
     memset(b, 0, sizeof(*b));
     luaL_setmetatable(L, HTTP_BOX);
+    pthread_once(&curl_once, curl_setup);
     b->curl = curl_easy_init();
     if (b->curl == NULL)
         return luaL_error(L, "cannot start an HTTP request");

@@ -125,6 +125,13 @@ rt_hook(lua_State *L, lua_Debug *ar)
 }
 
 static int
+l_no_exit(lua_State *L)
+{
+    return luaL_error(L, "os.exit is disabled in grwhd: raise an error to "
+                         "fail the event, or stop the daemon with SIGTERM");
+}
+
+static int
 msgh(lua_State *L)
 {
     const char *msg = lua_tostring(L, 1);
@@ -270,6 +277,12 @@ lrt_new(const struct lrt_conf *conf, int worker, struct gerr *err)
      */
     lua_sethook(L, rt_hook, LUA_MASKCOUNT, LRT_HOOK_COUNT);
     luaL_openlibs(L);
+    /* os.exit would end the daemon from inside a handler, and a restart
+     * would run the same event into it again. */
+    lua_getglobal(L, "os");
+    lua_pushcfunction(L, l_no_exit);
+    lua_setfield(L, -2, "exit");
+    lua_pop(L, 1);
     luaL_requiref(L, "grwhd", lib_open, 1);
     lua_pop(L, 1);
     set_package_path(L, conf->script);

@@ -20,10 +20,14 @@ grwhd is starting on https://$listen with the development secret '$secret'.
 In another terminal, post a fixture:
 
   curl --cacert $PWD/$dev/cert.pem -H 'Content-Type: application/json' \\
+    -H "X-Webhook-ID: \$(date +%s%N)" \\
     --data-binary @$PWD/tests/fixtures/contact_added.json \\
     'https://$listen/webhook?secret=$secret'
 
-A batch: use tests/fixtures/batch.json.  Ctrl-C stops grwhd.
+A batch: use tests/fixtures/batch.json.  Each X-Webhook-ID is a new
+delivery; the same one again (or the same body without the header) is a
+repeat that grwhd acknowledges but does not run twice (duplicates=1 in the
+log).  Ctrl-C stops grwhd.
 
 MSG
 exec ./grwhd --script examples/handler.lua --listen "$listen" \

@@ -261,6 +261,25 @@ START_TEST(spool_running_event_is_pending_after_reopen)
 }
 END_TEST
 
+START_TEST(spool_event_that_crashed_its_last_attempt_is_buried)
+{
+    int64_t last = add_event("last"), early = add_event("early");
+    struct gerr err;
+    char *path = test_path(dir, "spool.db");
+
+    record(last, SPOOL_RUNNING, 8, NULL, 0);
+    record(early, SPOOL_RUNNING, 3, NULL, 0);
+    spool_close(sp);
+    sp = spool_open(path, &err);
+    free(path);
+    ck_assert_msg(sp != NULL, "%s", err.msg);
+    ck_assert_int_eq(spool_bury(sp, 8), 1);
+    ck_assert_int_eq(spool_count(sp, SPOOL_DEAD), 1);
+    ck_assert_int_eq(spool_backlog(sp), 1);
+    ck_assert_int_eq(spool_bury(sp, 8), 0);
+}
+END_TEST
+
 struct dead {
     int n;
     int64_t id;
@@ -471,6 +490,7 @@ delivery_suite(void)
     tcase_add_checked_fixture(tc, spool_setup, spool_teardown);
     tcase_add_test(tc, spool_scheduled_event_is_due_only_at_its_time);
     tcase_add_test(tc, spool_running_event_is_pending_after_reopen);
+    tcase_add_test(tc, spool_event_that_crashed_its_last_attempt_is_buried);
     tcase_add_test(tc, spool_dead_event_is_listed_retried_and_purged);
     tcase_add_test(tc, spool_prunes_old_done_events_and_keys);
     suite_add_tcase(s, tc);

@@ -2096,6 +2096,76 @@ def test_user_drops_root(ctx):
     check(os.stat(out).st_uid == 65534, "handler did not run as nobody")
 
 
+# ---------------------------------------------------------------------------
+# Found by trying grwhd as a new user would.
+
+def test_os_exit_fails_the_event_not_the_daemon(ctx):
+    text = """local on = {}
+function on.default(ev, meta) os.exit(3) end
+return on
+"""
+    r = feed_script(ctx, text, '{"type":"t"}')
+    check(r.returncode == 1 and "os.exit is disabled" in r.stdout,
+          "feed: rc %d %r" % (r.returncode, r.stdout[-300:]))
+    script, d = scripted_daemon(ctx, text, args=["--max-attempts", "1"])
+    expect_ok(d.post(fixture("contact_added.json")), "event calling os.exit")
+    check(wait_for(lambda: "event is dead" in d.stderr(), 5),
+          "no dead-letter line")
+    check(d.alive(), "os.exit in a handler stopped the daemon")
+
+
+def test_secret_in_a_mistyped_path_is_redacted(ctx):
+    d = ctx.daemon()
+    for path in ("/wh/secret=%s" % SECRET, "/wh/secret=%s/x" % SECRET):
+        st, _, _ = d.request("POST", path, b"{}")
+        check(st == 403, "%s: %d" % (path, st))
+    check(wait_for(lambda: d.stderr().count("status=403") >= 2, 3),
+          "no access lines")
+    check(SECRET not in d.stderr(), "the secret reached the log")
+    check("secret=REDACTED/x" in d.stderr(), "path not kept around it")
+
+
+def test_access_line_says_why_and_which_callback(ctx):
+    d = ctx.daemon()
+    st, _, _ = d.post(None, raw=b'{"type": tru}')
+    check(st == 400, "bad JSON: %d" % st)
+    check(wait_for(lambda: re.search(r'status=400 .*error="body is not '
+                                     r'valid JSON', d.stderr()), 3),
+          "400 access line without the reason: %r" % d.stderr()[-400:])
+    target = "/cb?action=open&CONTACT_ID=x1&contact_email=a%%40b.c&secret=%s" \
+        % SECRET
+    expect_ok(d.request("GET", target), "legacy open")
+    check(wait_for(lambda: "action=open" in d.stderr(), 3),
+          "legacy action not in the access line")
+    check("a@b.c" not in d.stderr(), "an e-mail reached the log")
+
+
+def test_batch_larger_than_backlog_bound_is_taken_when_idle(ctx):
+    d = ctx.daemon(args=["--max-backlog", "3"])
+    expect_ok(d.post(fixture("batch.json")), "5 events, bound 3, idle")
+    d.wait_calls(5)
+
+
+def test_spool_retry_of_unknown_id_fails(ctx):
+    spool = os.path.join(ctx.dir, "spool.db")
+    d = ctx.daemon(spool=spool)
+    expect_ok(d.post(fixture("contact_added.json")), "one event")
+    d.wait_calls(1)
+    rc, out, err = grwhd_cli("spool", "--spool", spool, "retry", "999")
+    check(rc == 1 and "not dead" in err, "retry 999: %d %r" % (rc, err))
+
+
+def test_handler_blocked_in_c_is_reported(ctx):
+    """A handler stuck in C (no Lua instructions) is named in the log."""
+    script, d = scripted_daemon(ctx, """local on = {}
+function on.default(ev, meta) os.execute("sleep 7") end
+return on
+""", args=["--handler-timeout", "0.5"], workers=1)
+    expect_ok(d.post(fixture("contact_added.json")), "event")
+    check(wait_for(lambda: "handler stuck past its time limit" in
+                   d.stderr(), 9), "no warning for a stuck handler")
+
+
 TESTS = [
     test_http_table,
     test_secret_param_and_path,
@@ -2152,6 +2222,12 @@ TESTS = [
     test_options_from_environment_and_config_file,
     test_make_install_lays_out_files,
     test_user_drops_root,
+    test_os_exit_fails_the_event_not_the_daemon,
+    test_secret_in_a_mistyped_path_is_redacted,
+    test_access_line_says_why_and_which_callback,
+    test_batch_larger_than_backlog_bound_is_taken_when_idle,
+    test_spool_retry_of_unknown_id_fails,
+    test_handler_blocked_in_c_is_reported,
 ]
 
 
