@@ -38,13 +38,13 @@ handled() {
     local db=$1/grwhd-batch100/spool.db
     [[ -f $db ]] || { echo "- - -"; return; }
     sqlite3 -separator ' ' "$db" "SELECT
-        count(*) FILTER (WHERE state = 1),
-        (SELECT count(*) FROM events WHERE state = 0),
+        count(*),
+        (SELECT count(*) FROM events) - (SELECT count(*) FROM outcomes
+            WHERE state IN (1, 2)),
         CASE WHEN max(finished_at) > min(finished_at)
-        THEN round(count(*) FILTER (WHERE state = 1) /
-                   (max(finished_at) - min(finished_at)))
+        THEN round(count(*) / (max(finished_at) - min(finished_at)))
         ELSE 0 END
-        FROM events WHERE state = 1"
+        FROM outcomes WHERE state = 1"
 }
 
 # solo LABEL ARGS...: grwhd alone under batch100 with extra ARGS; prints
