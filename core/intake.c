@@ -75,6 +75,8 @@ struct intake {
     struct keyset txn;
     bool dedupe_oom;
     struct keyset ended;    /* ids whose attempt ends in this batch */
+    unsigned char *keys;    /* the transaction's new keys, back to back */
+    size_t nkeys, capkeys;
 };
 
 double
@@ -242,6 +244,17 @@ id_key(int64_t id)
     return k;
 }
 
+static void
+txn_key(struct intake *in, const unsigned char *key)
+{
+    if (in->nkeys == in->capkeys) {
+        in->capkeys = in->capkeys ? in->capkeys * 2 : 256;
+        in->keys = xrealloc(in->keys, in->capkeys * GRWHD_DEDUPE_KEY);
+    }
+    memcpy(in->keys + in->nkeys * GRWHD_DEDUPE_KEY, key, GRWHD_DEDUPE_KEY);
+    in->nkeys++;
+}
+
 static bool
 seen(const struct intake *in, const unsigned char *key)
 {
@@ -285,6 +298,7 @@ write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
 {
     bool dedupe = in->conf.dedupe_window > 0;
 
+    in->nkeys = 0;
     if (spool_begin(in->spool, jobs != NULL) != 0)
         return -1;
     for (struct intake_job *j = jobs; j; j = j->next) {
@@ -296,10 +310,10 @@ write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
             ev->id = 0;
             if (dedupe && ev->has_key) {
                 fresh = !seen(in, ev->key);
-                if (fresh && (!keyset_add(&in->txn, ev->key) ||
-                              spool_remember_key(in->spool, ev->key,
-                                                 now) != 0))
+                if (fresh && !keyset_add(&in->txn, ev->key))
                     goto fail;
+                if (fresh)
+                    txn_key(in, ev->key);
             }
             if (!fresh)
                 j->duplicates++;
@@ -312,6 +326,10 @@ write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
     for (struct completion *c = cs; c; c = c->next)
         if (c->kind != MARK_START && !keyset_add(&in->ended, id_key(c->id)))
             goto fail;
+    /* The commit's keys go in one row: one insert, not one per event. */
+    if (in->nkeys > 0 &&
+        spool_remember_keys(in->spool, in->keys, in->nkeys, now) != 0)
+        goto fail;
     for (struct completion *c = cs; c; c = c->next) {
         enum spool_state st = SPOOL_RUNNING;
         double next_at = 0;
@@ -666,6 +684,7 @@ intake_stop(struct intake *in)
     keyset_free(&in->gen[1]);
     keyset_free(&in->txn);
     keyset_free(&in->ended);
+    free(in->keys);
     pthread_mutex_destroy(&in->mu);
     pthread_cond_destroy(&in->cv);
     pthread_cond_destroy(&in->ack);

@@ -67,10 +67,11 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS outcomes_done ON outcomes (finished_at)"
     " WHERE state = 1;"
     /*
-     * Delivery keys, appended in time order (rowid order is age order) and
-     * never looked up here: the daemon keeps the window's keys in memory
-     * and reads them back at start.  An index on random keys would make
-     * every commit rewrite pages all over it.
+     * Delivery keys, one row per commit holding its keys back to back,
+     * appended in time order (rowid order is age order) and never looked
+     * up here: the daemon keeps the window's keys in memory and reads them
+     * back at start.  An index on random keys would make every commit
+     * rewrite pages all over it.
      */
     "CREATE TABLE IF NOT EXISTS dedupe ("
     " seq INTEGER PRIMARY KEY,"
@@ -584,16 +585,24 @@ spool_record(struct spool *s, int64_t id, enum spool_state state,
 }
 
 int
-spool_remember_key(struct spool *s, const unsigned char *key, double now)
+spool_remember_keys(struct spool *s, const unsigned char *keys, size_t n,
+                    double now)
 {
     sqlite3_stmt *st = s->dedupe;
     int rc;
 
-    sqlite3_bind_blob(st, 1, key, GRWHD_DEDUPE_KEY, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 1, keys, (int)(n * GRWHD_DEDUPE_KEY),
+                      SQLITE_STATIC);
     sqlite3_bind_double(st, 2, now);
     rc = step_done(st);
     sqlite3_clear_bindings(st);
     return rc;
+}
+
+int
+spool_remember_key(struct spool *s, const unsigned char *key, double now)
+{
+    return spool_remember_keys(s, key, 1, now);
 }
 
 int
@@ -613,10 +622,15 @@ spool_each_key(struct spool *s, double since,
         return -1;
     sqlite3_bind_double(st, 1, since);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (sqlite3_column_bytes(st, 0) != GRWHD_DEDUPE_KEY)
-            continue;
-        fn(arg, sqlite3_column_blob(st, 0), sqlite3_column_double(st, 1));
-        n++;
+        const unsigned char *k = sqlite3_column_blob(st, 0);
+        int bytes = sqlite3_column_bytes(st, 0);
+
+        /* A row holds the keys of one transaction, back to back. */
+        for (int off = 0; k != NULL && off + GRWHD_DEDUPE_KEY <= bytes;
+             off += GRWHD_DEDUPE_KEY) {
+            fn(arg, k + off, sqlite3_column_double(st, 1));
+            n++;
+        }
     }
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? n : -1;

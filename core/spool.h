@@ -90,7 +90,9 @@ int spool_finish(struct spool *s, int64_t id, bool ok, const char *error);
  */
 int spool_record(struct spool *s, int64_t id, enum spool_state state,
                  int attempts, const char *error, double next_at);
-/* Appends a delivery key seen at time now. */
+/* Appends n delivery keys (back to back in keys) seen at time now. */
+int spool_remember_keys(struct spool *s, const unsigned char *keys, size_t n,
+                        double now);
 int spool_remember_key(struct spool *s, const unsigned char *key, double now);
 /* Calls fn for every key seen at or after since, oldest first; returns
  * how many, or -1. */

@@ -367,6 +367,21 @@ START_TEST(spool_prunes_old_done_events_and_keys)
 }
 END_TEST
 
+START_TEST(spool_keys_of_one_commit_share_a_row)
+{
+    unsigned char keys[3 * GRWHD_DEDUPE_KEY];
+    struct seen_keys sk = {0};
+
+    for (unsigned i = 0; i < 3; i++)
+        nth_key(i, keys + i * GRWHD_DEDUPE_KEY);
+    ck_assert_int_eq(spool_begin(sp, false), 0);
+    ck_assert_int_eq(spool_remember_keys(sp, keys, 3, util_now()), 0);
+    ck_assert_int_eq(spool_commit(sp), 0);
+    ck_assert_int_eq(spool_each_key(sp, 0, count_key, &sk), 3);
+    ck_assert_int_eq(sk.n, 3);
+}
+END_TEST
+
 /* ---- legacy callbacks --------------------------------------------------- */
 
 static cJSON *
@@ -493,6 +508,7 @@ delivery_suite(void)
     tcase_add_test(tc, spool_event_that_crashed_its_last_attempt_is_buried);
     tcase_add_test(tc, spool_dead_event_is_listed_retried_and_purged);
     tcase_add_test(tc, spool_prunes_old_done_events_and_keys);
+    tcase_add_test(tc, spool_keys_of_one_commit_share_a_row);
     suite_add_tcase(s, tc);
     return s;
 }
