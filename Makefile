@@ -41,7 +41,7 @@ TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/%.o)
 BIN      = $(BUILD)/grwhd
 UNIT     = $(BUILD)/check_grwhd
 
-.PHONY: all run test unit e2e sanitize lint bench install uninstall clean deps
+.PHONY: all run test unit e2e sanitize valgrind lint bench install uninstall clean deps
 
 all: grwhd
 
@@ -87,6 +87,12 @@ sanitize: deps
 	$(MAKE) --no-print-directory BUILD=build/san WERROR=$(WERROR) \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
 	  -fno-sanitize-recover=undefined" unit e2e
+
+# The unit tests in one process under valgrind: leaks and bad reads that
+# the sanitizer build does not see (uninitialised memory).
+valgrind: deps $(UNIT)
+	CK_FORK=no valgrind -q --error-exitcode=9 --leak-check=full \
+	  --errors-for-leak-kinds=definite $(UNIT)
 
 lint:
 	@scripts/lint.sh

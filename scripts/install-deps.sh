@@ -7,7 +7,7 @@ set -eu
 
 pkgs="build-essential pkg-config liblua5.4-dev libmicrohttpd-dev
 libgnutls28-dev libcjson-dev libsqlite3-dev libcurl4-gnutls-dev check
-gnutls-bin openssl curl python3 sqlite3 procps shellcheck"
+gnutls-bin openssl curl python3 sqlite3 procps shellcheck valgrind"
 if [ "${1:-}" = "--bench" ]; then
     pkgs="$pkgs nginx libnginx-mod-http-lua lua-cjson webhook wrk iproute2"
 fi
