@@ -577,6 +577,11 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             log_int(&l, "duplicates", (long long)r->job.duplicates);
         if (r->error[0] != '\0')
             log_str(&l, "error", r->error);
+        /*
+         * XXX(half-close): libmicrohttpd reports a client that shut down
+         * its sending side after the body as an abort, so such a client
+         * gets no answer even when its events were stored.
+         */
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
             log_str(&l, "aborted",
                     toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "timeout"
