@@ -10,9 +10,10 @@
 #include "../lua/types.h"
 #include "util.h"
 
-#define NTYPES 16               /* known types, callback, other */
-#define TYPE_CALLBACK 14
-#define TYPE_OTHER 15
+/* Known types, then callbacks, then the rest. */
+#define TYPE_CALLBACK GRWHD_TYPES_KNOWN
+#define TYPE_OTHER (GRWHD_TYPES_KNOWN + 1)
+#define NTYPES (GRWHD_TYPES_KNOWN + 2)
 
 static const unsigned codes[] = {200, 400, 403, 404, 405, 413, 503};
 #define NCODES (sizeof(codes) / sizeof(codes[0]))

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const types_known[] = {
+const char *const types_known[GRWHD_TYPES_KNOWN + 1] = {
     "contact_opened_message",
     "contact_clicked_message_link",
     "contact_clicked_sms_link",

@@ -5,7 +5,8 @@
 #include <stdbool.h>
 
 /* NULL-terminated; the list is not closed, new types can arrive. */
-extern const char *const types_known[];
+#define GRWHD_TYPES_KNOWN 13
+extern const char *const types_known[GRWHD_TYPES_KNOWN + 1];
 
 bool types_is_known(const char *name);
 /*
