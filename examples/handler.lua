@@ -10,36 +10,52 @@
 local log = grwhd.log
 local on = {}
 
+-- get(ev, "a", "b") is ev.a.b, or nil when a step is missing or not an
+-- object (JSON null is grwhd.null, which cannot be indexed).
+local function get(t, ...)
+  for _, k in ipairs({ ... }) do
+    if type(t) ~= "table" then
+      return nil
+    end
+    t = t[k]
+  end
+  if t == grwhd.null then
+    return nil
+  end
+  return t
+end
+
 -- Fields common to most events, safe to log at info level.
 local function who(ev)
-  local c = ev.contact or {}
-  local list = c.campaign and c.campaign.name or nil
-  return { contact = c.contactId, list = list }
+  return {
+    contact = get(ev, "contact", "contactId"),
+    list = get(ev, "contact", "campaign", "name"),
+  }
 end
 
 function on.contact_added(ev, meta)
   local f = who(ev)
-  f.origin = ev.contact.origin
+  f.origin = get(ev, "contact", "origin")
   log.info("contact subscribed", f)
-  log.debug("subscriber address", { email = ev.contact.email })
+  log.debug("subscriber address", { email = get(ev, "contact", "email") })
 end
 
 function on.contact_opened_message(ev, meta)
   local f = who(ev)
-  f.message = ev.message and ev.message.name
+  f.message = get(ev, "message", "name")
   log.info("message opened", f)
 end
 
 function on.contact_clicked_message_link(ev, meta)
   local f = who(ev)
-  f.message = ev.message and ev.message.name
-  f.link = ev.clickTrack and ev.clickTrack.name
+  f.message = get(ev, "message", "name")
+  f.link = get(ev, "clickTrack", "name")
   log.info("link clicked", f)
 end
 
 function on.contact_clicked_sms_link(ev, meta)
   local f = who(ev)
-  f.link = ev.clickTrack and ev.clickTrack.name
+  f.link = get(ev, "clickTrack", "name")
   log.info("sms link clicked", f)
 end
 
@@ -72,12 +88,12 @@ function on.contact_rejected(ev, meta)
 end
 
 function on.contacts_import_finished(ev, meta)
-  log.info("import finished", { account = ev.account and ev.account.accountId })
+  log.info("import finished", { account = get(ev, "account", "accountId") })
 end
 
 function on.custom_reports_file_status_changed(ev, meta)
   log.info("report file status changed",
-           { account = ev.account and ev.account.accountId })
+           { account = get(ev, "account", "accountId") })
 end
 
 -- Types GetResponse adds later arrive here instead of being lost.

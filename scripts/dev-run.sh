@@ -19,15 +19,15 @@ cat >&2 <<MSG
 grwhd is starting on https://$listen with the development secret '$secret'.
 In another terminal, post a fixture:
 
-  curl --cacert $PWD/$dev/cert.pem -H 'Content-Type: application/json' \\
-    -H "X-Webhook-ID: \$(date +%s%N)" \\
+  curl -w '\\n' --cacert $PWD/$dev/cert.pem \\
+    -H 'Content-Type: application/json' -H 'X-Webhook-ID: dev-1' \\
     --data-binary @$PWD/tests/fixtures/contact_added.json \\
     'https://$listen/webhook?secret=$secret'
 
-A batch: use tests/fixtures/batch.json.  Each X-Webhook-ID is a new
-delivery; the same one again (or the same body without the header) is a
-repeat that grwhd acknowledges but does not run twice (duplicates=1 in the
-log).  Ctrl-C stops grwhd.
+Run it twice: the second time is a repeat of delivery dev-1, which grwhd
+acknowledges but does not run again (duplicates=1 in the log); another
+X-Webhook-ID is a new delivery.  A batch: tests/fixtures/batch.json.
+Ctrl-C stops grwhd.
 
 MSG
 exec ./grwhd --script examples/handler.lua --listen "$listen" \
