@@ -62,8 +62,12 @@ utf8_repair(const char *s, size_t len, size_t *out_len)
 static int
 fail(struct scan *sc, const char *what)
 {
-    gerr_set(sc->err, "body is not valid JSON (%s at byte %zu)", what,
-             sc->pos + 1);
+    if (sc->pos >= sc->len)
+        gerr_set(sc->err, "body is not valid JSON (%s at its end, byte %zu)",
+                 what, sc->len);
+    else
+        gerr_set(sc->err, "body is not valid JSON (%s at byte %zu)", what,
+                 sc->pos + 1);
     return -1;
 }
 
@@ -387,7 +391,14 @@ scan_event(struct scan *sc, struct batch *b, size_t *cap, bool in_array)
             gerr_set(sc->err, "body is neither an object nor an array");
             return -1;
         }
-        gerr_set(sc->err, "element %zu is not an object", b->n);
+        /* Counted from 1, like meta.batch_index. */
+        gerr_set(sc->err, "element %zu is not an object", b->n + 1);
+        return -1;
+    }
+    if (b->n == GRWHD_BATCH_MAX) {
+        b->too_many = true;
+        gerr_set(sc->err, "more than %d events in one request",
+                 GRWHD_BATCH_MAX);
         return -1;
     }
     sc->has_type = sc->has_contact = false;

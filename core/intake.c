@@ -102,12 +102,25 @@ next_unit(struct intake *in)
            9007199254740992.0;
 }
 
-static int
-offer_one(void *arg, struct spool_event *ev)
-{
-    struct intake *in = arg;
+struct due_ctx {
+    struct intake *in;
+    int64_t requeued;
+};
 
-    return dispatch_offer(in->active, ev) ? 0 : 1;
+static int
+offer_due(void *arg, struct spool_event *ev)
+{
+    struct due_ctx *ctx = arg;
+    /*
+     * No attempts: a dead event that `grwhd spool retry` queued again.
+     * Dead events are not in the backlog, so it joins it now.
+     */
+    bool requeued = ev->attempts == 0;
+
+    if (!dispatch_offer(ctx->in->active, ev))
+        return 1;
+    ctx->requeued += requeued;
+    return 0;
 }
 
 struct refill_ctx {
@@ -165,18 +178,22 @@ refill(struct intake *in)
 static void
 poll_due(struct intake *in, double now)
 {
+    struct due_ctx ctx = {.in = in};
     int n = 0;
 
     in->next_poll = now + INTAKE_POLL_SECONDS;
     if (spool_begin(in->spool, false) != 0)
         return;
-    n = spool_load_due(in->spool, now, INTAKE_REFILL_BATCH, offer_one, in);
+    n = spool_load_due(in->spool, now, INTAKE_REFILL_BATCH, offer_due, &ctx);
     if (n < 0 || spool_commit(in->spool) != 0) {
         spool_rollback(in->spool);
         log_msg_str(LOG_ERROR, "spool retry scan failed", "error",
                     spool_errmsg(in->spool));
         return;
     }
+    pthread_mutex_lock(&in->mu);
+    in->backlog += ctx.requeued;
+    pthread_mutex_unlock(&in->mu);
     in->next_due = spool_next_due(in->spool);
 }
 
@@ -310,8 +327,6 @@ write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
             ev->id = 0;
             if (dedupe && ev->has_key) {
                 fresh = !seen(in, ev->key);
-                if (fresh && !keyset_add(&in->txn, ev->key))
-                    goto fail;
                 if (fresh)
                     txn_key(in, ev->key);
             }
@@ -320,6 +335,15 @@ write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
             else if (spool_insert(in->spool, ev) != 0)
                 goto fail;
         }
+        /*
+         * A repeat is a request sent again, so identical events inside
+         * one request are each real (two clicks in the same second):
+         * its keys count only for the requests after it.
+         */
+        for (size_t i = 0; dedupe && i < j->n; i++)
+            if (j->ev[i]->has_key && j->ev[i]->id != 0 &&
+                !keyset_add(&in->txn, j->ev[i]->key))
+                goto fail;
     }
     /* A start whose end is in the same batch need not be written. */
     keyset_clear(&in->ended);
@@ -528,7 +552,7 @@ intake_start(struct spool *s, const struct intake_conf *conf,
              struct gerr *err)
 {
     struct intake *in = xcalloc(1, sizeof(*in));
-    int64_t buried;
+    int64_t buried, requeued;
 
     in->spool = s;
     in->conf = *conf;
@@ -539,7 +563,10 @@ intake_start(struct spool *s, const struct intake_conf *conf,
         log_msg(LOG_ERROR, "events whose last attempt stopped the daemon "
                            "are now dead; see grwhd spool dead");
     in->backlog = spool_backlog(s);
-    if (buried < 0 || in->backlog < 0) {
+    requeued = spool_requeued(s);
+    /* Requeued events join the backlog when they are taken up. */
+    in->backlog -= requeued;
+    if (buried < 0 || in->backlog < 0 || requeued < 0) {
         gerr_set(err, "spool: %s", spool_errmsg(s));
         free(in);
         return NULL;
@@ -646,7 +673,10 @@ void
 intake_flush(struct intake *in)
 {
     pthread_mutex_lock(&in->mu);
-    while (in->jobs != NULL || in->busy)
+    /* Outcomes are waited for too, unless the spool is refusing them
+     * (they are kept for another try, which may never come). */
+    while (in->jobs != NULL || in->busy ||
+           (in->done != NULL && !in->failing))
         pthread_cond_wait(&in->ack, &in->mu);
     pthread_mutex_unlock(&in->mu);
 }

@@ -59,7 +59,8 @@ void intake_started(void *in, const struct spool_event *ev);
 /* Records an attempt's outcome (a dispatch_done_fn); takes ev. */
 void intake_complete(void *in, struct spool_event *ev, bool ok,
                      const char *error);
-/* Returns once every job submitted so far has had its done call. */
+/* Returns once every job submitted so far has had its done call, and the
+ * outcomes reported so far are written (unless writes are failing). */
 void intake_flush(struct intake *in);
 /* False while the last write to the spool failed (disk full, I/O). */
 bool intake_healthy(struct intake *in);

@@ -360,7 +360,10 @@ out:
     for (size_t i = 0; i < nretired; i++)
         free(retired[i]);
     {
-        int64_t left = intake_backlog(in);
+        int64_t left;
+
+        intake_flush(in);       /* the last outcomes count too */
+        left = intake_backlog(in);
         intake_stop(in);
         if (rc == 0)
             log_msg_str(LOG_INFO, "stopped", "unhandled",

@@ -20,7 +20,9 @@ struct server_conf {
     unsigned threads;           /* polling threads */
     unsigned max_conns;
     unsigned max_conns_per_ip;
-    unsigned conn_timeout;      /* seconds a connection may stay idle */
+    /* Seconds a connection may stay idle, and a request may take to
+     * arrive in full (from the connection's start or its last answer). */
+    unsigned conn_timeout;
     struct intake *intake;
 };
 

@@ -539,6 +539,16 @@ spool_backlog(struct spool *s)
                      NAN);
 }
 
+int64_t
+spool_requeued(struct spool *s)
+{
+    /* spool_retry leaves attempts at 0, which no attempt ever does. */
+    return query_int(s,
+                     "SELECT count(*) FROM outcomes"
+                     " WHERE state = 3 AND attempts = 0",
+                     NAN);
+}
+
 int
 spool_stats(struct spool *s, struct spool_stats *st)
 {

@@ -130,6 +130,9 @@ double spool_next_due(struct spool *s);
 int64_t spool_count(struct spool *s, enum spool_state state);
 /* Events neither done nor dead, or -1. */
 int64_t spool_backlog(struct spool *s);
+/* Of those, dead events queued again by spool_retry and not yet taken up
+ * by a daemon (which then counts them into its backlog), or -1. */
+int64_t spool_requeued(struct spool *s);
 int spool_stats(struct spool *s, struct spool_stats *st);
 /* Calls fn for each dead event, oldest first (fn owns it). */
 int spool_each_dead(struct spool *s, spool_load_fn fn, void *arg);

@@ -243,11 +243,11 @@ END_TEST
 static const struct {
     const char *body, *msg;
 } bad_elements[] = {
-    {"[{\"type\":\"a\"}, 5]", "element 1 is not an object"},
-    {"[{}, {}, \"str\"]", "element 2 is not an object"},
-    {"[null]", "element 0 is not an object"},
-    {"[{}, [{}]]", "element 1 is not an object"},
-    {"[true, {}]", "element 0 is not an object"},
+    {"[{\"type\":\"a\"}, 5]", "element 2 is not an object"},
+    {"[{}, {}, \"str\"]", "element 3 is not an object"},
+    {"[null]", "element 1 is not an object"},
+    {"[{}, [{}]]", "element 2 is not an object"},
+    {"[true, {}]", "element 1 is not an object"},
 };
 
 START_TEST(batch_rejects_array_with_non_object)
@@ -273,16 +273,19 @@ static const struct {
     {"hello", "body is not valid JSON (unexpected character at byte 1)"},
     {"", "body is empty"},
     {" \r\n", "body is empty"},
-    {"{", "body is not valid JSON (expected a member name at byte 2)"},
-    {"{\"type\":\"a\"", "body is not valid JSON (expected ',' or '}' at byte "
-                        "12)"},
-    {"[{}", "body is not valid JSON (expected ',' or ']' at byte 4)"},
-    {"[{},]", "element 1 is not an object"},
-    {"[{},", "body is not valid JSON (unterminated array at byte 5)"},
+    {"{", "body is not valid JSON (expected a member name at its end, "
+          "byte 1)"},
+    {"{\"type\":\"a\"", "body is not valid JSON (expected ',' or '}' at its "
+                        "end, byte 11)"},
+    {"[{}", "body is not valid JSON (expected ',' or ']' at its end, byte "
+             "3)"},
+    {"[{},]", "element 2 is not an object"},
+    {"[{},", "body is not valid JSON (unterminated array at its end, byte "
+            "4)"},
     {"{\"a\":tru}", "body is not valid JSON (unexpected character at byte "
                     "6)"},
-    {"{\"a\":\"b}", "body is not valid JSON (unterminated string at byte "
-                    "9)"},
+    {"{\"a\":\"b}", "body is not valid JSON (unterminated string at its "
+                    "end, byte 8)"},
     {"{\"a\":01}", "body is not valid JSON (leading zero at byte 7)"},
     {"{\"a\":\"\\x\"}", "body is not valid JSON (bad escape at byte 7)"},
     {"{} x", "body is not valid JSON (data after the value at byte 4)"},
@@ -422,7 +425,7 @@ nested_objects(int levels, const char *prefix, const char *suffix)
     return s;
 }
 
-START_TEST(batch_takes_64_levels_of_nesting)
+START_TEST(batch_takes_nesting_up_to_the_limit)
 {
     char *body = nested_objects(GRWHD_JSON_DEPTH_MAX, "", "");
 
@@ -434,16 +437,52 @@ START_TEST(batch_takes_64_levels_of_nesting)
 }
 END_TEST
 
-START_TEST(batch_rejects_65_levels_of_nesting)
+/* A body of n tiny events: "[{},{},...]". */
+static char *
+many_events(size_t n)
+{
+    char *s = test_keep(malloc(n * 3 + 2));
+    size_t o = 0;
+
+    ck_assert_ptr_nonnull(s);
+    s[o++] = '[';
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            s[o++] = ',';
+        s[o++] = '{';
+        s[o++] = '}';
+    }
+    s[o++] = ']';
+    s[o] = '\0';
+    return s;
+}
+
+START_TEST(batch_takes_up_to_the_event_limit)
+{
+    ck_assert_msg(parse(many_events(GRWHD_BATCH_MAX)) == 0, "%s", err.msg);
+    ck_assert_uint_eq(b.n, GRWHD_BATCH_MAX);
+    ck_assert(!b.too_many);
+}
+END_TEST
+
+START_TEST(batch_refuses_more_events_than_the_limit)
+{
+    ck_assert_int_eq(parse(many_events(GRWHD_BATCH_MAX + 1)), -1);
+    ck_assert(b.too_many);
+    ck_assert_str_eq(err.msg, "more than 1000 events in one request");
+}
+END_TEST
+
+START_TEST(batch_rejects_nesting_past_the_limit)
 {
     char *body = nested_objects(GRWHD_JSON_DEPTH_MAX + 1, "", "");
 
     ck_assert_int_eq(parse(body), -1);
-    ck_assert_str_eq(err.msg, "JSON nests deeper than 64 levels");
+    ck_assert_str_eq(err.msg, "JSON nests deeper than 128 levels");
     body = nested_objects(GRWHD_JSON_DEPTH_MAX, "[", "]");
     batch_free(&b);
     ck_assert_int_eq(parse(body), -1);
-    ck_assert_str_eq(err.msg, "JSON nests deeper than 64 levels");
+    ck_assert_str_eq(err.msg, "JSON nests deeper than 128 levels");
 }
 END_TEST
 
@@ -456,11 +495,11 @@ START_TEST(batch_survives_bracket_bomb)
     strcpy(body, "{\"a\":");
     memset(body + 5, '[', N);
     ck_assert_int_eq(parse_n(body, N + 5), -1);
-    ck_assert_str_eq(err.msg, "JSON nests deeper than 64 levels");
+    ck_assert_str_eq(err.msg, "JSON nests deeper than 128 levels");
     batch_free(&b);
     memset(body, '[', N);
     ck_assert_int_eq(parse_n(body, N), -1);
-    ck_assert_str_eq(err.msg, "element 0 is not an object");
+    ck_assert_str_eq(err.msg, "element 1 is not an object");
     batch_free(&b);
     body[0] = '[';
     body[1] = '{';
@@ -469,7 +508,7 @@ START_TEST(batch_survives_bracket_bomb)
     body[4] = '"';
     body[5] = ':';
     ck_assert_int_eq(parse_n(body, N), -1);
-    ck_assert_str_eq(err.msg, "JSON nests deeper than 64 levels");
+    ck_assert_str_eq(err.msg, "JSON nests deeper than 128 levels");
 }
 END_TEST
 
@@ -536,8 +575,10 @@ batch_suite(void)
     tcase_add_test(tc, batch_repairs_invalid_byte);
     tcase_add_test(tc, batch_repairs_overlong_sequence);
     tcase_add_test(tc, batch_repairs_surrogate_and_truncated_sequence);
-    tcase_add_test(tc, batch_takes_64_levels_of_nesting);
-    tcase_add_test(tc, batch_rejects_65_levels_of_nesting);
+    tcase_add_test(tc, batch_takes_nesting_up_to_the_limit);
+    tcase_add_test(tc, batch_rejects_nesting_past_the_limit);
+    tcase_add_test(tc, batch_takes_up_to_the_event_limit);
+    tcase_add_test(tc, batch_refuses_more_events_than_the_limit);
     tcase_add_test(tc, batch_survives_bracket_bomb);
     tcase_add_test(tc, batch_free_is_safe_on_zeroed_and_freed_batch);
     tcase_add_test(tc, batch_owns_body_after_failure);

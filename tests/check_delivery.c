@@ -318,9 +318,11 @@ START_TEST(spool_dead_event_is_listed_retried_and_purged)
     ck_assert_int_eq(st.dead, 2);
     ck_assert_int_eq(spool_backlog(sp), 0);
 
+    ck_assert_int_eq(spool_requeued(sp), 0);
     ck_assert_int_eq(spool_retry(sp, only_a, 1), 1);
     ck_assert_int_eq(spool_retry(sp, only_a, 1), 0);   /* not dead now */
     ck_assert_int_eq(spool_count(sp, SPOOL_SCHEDULED), 1);
+    ck_assert_int_eq(spool_requeued(sp), 1);
     ck_assert(spool_next_due(sp) <= util_now());
     ck_assert_int_eq(spool_purge_dead(sp), 1);
     ck_assert_int_eq(spool_count(sp, SPOOL_DEAD), 0);
@@ -467,6 +469,15 @@ END_TEST
 
 /* ---- type names --------------------------------------------------------- */
 
+/* The metrics keep one counter per known type, sized by the count. */
+START_TEST(types_count_matches_the_list)
+{
+    for (int i = 0; i < GRWHD_TYPES_KNOWN; i++)
+        ck_assert_ptr_nonnull(types_known[i]);
+    ck_assert_ptr_null(types_known[GRWHD_TYPES_KNOWN]);
+}
+END_TEST
+
 START_TEST(types_suggest_the_meant_type)
 {
     ck_assert(types_is_known("contact_added"));
@@ -498,6 +509,7 @@ delivery_suite(void)
     tcase_add_test(tc, legacy_subscribe_becomes_contact_added);
     tcase_add_test(tc, legacy_maps_each_action);
     tcase_add_test(tc, legacy_without_action_is_no_event);
+    tcase_add_test(tc, types_count_matches_the_list);
     tcase_add_test(tc, types_suggest_the_meant_type);
     suite_add_tcase(s, tc);
 

@@ -1124,10 +1124,11 @@ def test_large_batches_overflow_queues(ctx):
     d = ctx.daemon(workers=1)
     names = fixture_names()
     total = 0
+    # Three bodies of 1000 (the most one may carry) against 1024 slots.
     for r in range(3):
         evs = [event_with_id(fixture(names[i % len(names)]),
-                             "big-%d-%d" % (r, i)) for i in range(1500)]
-        expect_ok(d.post(evs), "batch %d of 1500" % r)
+                             "big-%d-%d" % (r, i)) for i in range(1000)]
+        expect_ok(d.post(evs), "batch %d of 1000" % r)
         total += len(evs)
     d.wait_calls(total, timeout=60)
     time.sleep(0.5)
@@ -1897,6 +1898,10 @@ def test_metrics_follow_requests_and_results(ctx):
         check(got == value, "%s{%s} = %r, want %r" % (name, labels, got,
                                                      value))
     check(metric(m, "grwhd_open_connections") is not None, "no gauge")
+    # A NULL name printed with %s: a series no scraper can parse.
+    for text in (m0, m):
+        check("(null)" not in text, "metrics show (null): %r"
+              % [l for l in text.splitlines() if "(null)" in l][:3])
     d.proc.send_signal(signal.SIGHUP)
     check(wait_for(lambda: metric(admin_get(port, "/metrics")[1],
                                   "grwhd_script_reloads_total",
@@ -2166,6 +2171,276 @@ return on
                    d.stderr(), 9), "no warning for a stuck handler")
 
 
+# ---------------------------------------------------------------------------
+# Bounds on what a peer may send, and counts that must stay right.
+
+def dead_letters(spool):
+    """The spool's dead events, as `grwhd spool dead --json` lists them."""
+    rc, out, _ = grwhd_cli("spool", "--spool", spool, "dead", "--json")
+    return json.loads(out) if rc == 0 and out.strip() else []
+
+
+def test_spool_retry_keeps_backlog_count(ctx):
+    """Dead events re-queued by `spool retry` leave the backlog at 0.
+
+    The daemon counted each death of a re-queued event but not its return,
+    so every retry cycle took the gauge 2 further below zero, and a
+    negative backlog let more than --max-backlog events in.
+    """
+    port = free_port()
+    spool = os.path.join(ctx.dir, "spool.db")
+    # Only contact_added fails (at once, before the sleep), so the bound
+    # can be tried with slow contact_moved events afterwards.
+    d = ctx.daemon(args=["--admin", "127.0.0.1:%d" % port,
+                         "--max-attempts", "1", "--max-backlog", "3"],
+                   spool=spool, workers=1,
+                   env={"GRWHD_TEST_FAIL_TYPE": "contact_added",
+                        "GRWHD_TEST_SLEEP": "0.4"})
+    seen = []
+
+    def dead_count():
+        m = admin_get(port, "/metrics")[1]
+        seen.append(metric(m, "grwhd_spool_backlog"))
+        return metric(m, "grwhd_events_handled_total",
+                      'type="contact_added",result="dead"')
+
+    def died(times):
+        # Counted dead once more each: the re-queued events really ran.
+        return dead_count() == times and len(dead_letters(spool)) == 2
+
+    for cid in ("rb-A", "rb-B"):
+        expect_ok(d.post(event_with_id(fixture("contact_added.json"), cid)),
+                  cid)
+    check(wait_for(lambda: died(2), 5), "2 events not dead: %r, metric %r"
+          % (dead_letters(spool), dead_count()))
+    for cycle in range(1, 4):
+        rc, out, err = grwhd_cli("spool", "--spool", spool, "retry", "--all")
+        check(rc == 0 and "re-queued 2" in out, "retry %d: %d %r %r"
+              % (cycle, rc, out, err))
+        # The running daemon looks for re-queued events once a second.
+        check(wait_for(lambda: died(2 + 2 * cycle), 5),
+              "retry %d: not dead again: %r, counted dead %r"
+              % (cycle, dead_letters(spool), dead_count()))
+    dead_count()
+    check(None not in seen, "no grwhd_spool_backlog in /metrics")
+    check(min(seen) >= 0, "backlog gauge went down to %r (last %r)"
+          % (min(seen), seen[-1]))
+    check(seen[-1] == 0, "backlog %r after 3 retry cycles, want 0"
+          % seen[-1])
+    # The count behind the gauge also bounds the intake: a count below
+    # zero would let in several more than 3 before the first 503.
+    got = []
+    for i in range(10):
+        st, h, b = d.post(event_with_id(fixture("contact_moved.json"),
+                                        "rb-%d" % i))
+        got.append(st)
+        if st == 503:
+            break
+        check(st == 200, "event %d: %d %r" % (i, st, b))
+    check(503 in got and got.index(503) <= 4,
+          "no 503 soon after the bound (3) after retries: %r" % got)
+
+
+def seconds_until_cut(d, head, piece, gap=0.5, limit=4.5):
+    """Sends head, then piece every gap seconds, never finishing.
+
+    Returns the seconds from head until the server closed the connection,
+    or None if it was still open after limit seconds.  An answer (such as
+    a 408) followed by the close counts as the close.
+    """
+    s = d.tls_socket()
+    try:
+        t0 = time.monotonic()
+        s.sendall(head)
+        while True:
+            left = t0 + limit - time.monotonic()
+            if left <= 0:
+                return None
+            if readable(s, min(gap, left)):
+                took = time.monotonic() - t0
+                return took if closed_soon(s, 1.0) else None
+            try:
+                s.sendall(piece)
+            except OSError:
+                return time.monotonic() - t0
+    finally:
+        s.close()
+
+
+def test_slow_headers_are_cut(ctx):
+    """A request dribbled in is cut after about --conn-timeout in all.
+
+    libmicrohttpd's timeout counts only idle time, so a peer sending a
+    header line every half second held its connection for ever.
+    """
+    d = ctx.daemon(args=["--conn-timeout", "2"])
+    cut = {}
+    slow_head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 % d.url()).encode()
+    body_head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 "Content-Type: application/json\r\n"
+                 "Content-Length: 1000\r\n\r\n" % d.url()).encode()
+
+    def dribble(key, head, piece):
+        try:
+            cut[key] = seconds_until_cut(d, head, piece)
+        except Exception as e:  # noqa: a thread must not die silently
+            cut[key] = e
+
+    ts = [threading.Thread(target=dribble,
+                           args=("headers", slow_head, b"X-Slow: 1\r\n")),
+          threading.Thread(target=dribble,
+                           args=("body", body_head, b" " * 10))]
+    for t in ts:
+        t.start()
+    try:
+        time.sleep(1.0)
+        ev = event_with_id(fixture("contact_added.json"), "slow-beside")
+        t0 = time.monotonic()
+        res = d.post(ev, conn=d.conn(timeout=5))
+        took = time.monotonic() - t0
+        expect_ok(res, "request beside two slow ones")
+        check(took < 1.0, "request took %.2f s beside slow ones" % took)
+    finally:
+        for t in ts:
+            t.join(10)
+    check(not any(t.is_alive() for t in ts), "slow senders hung")
+    for key in ("headers", "body"):
+        check(not isinstance(cut[key], Exception), "%s sender: %r"
+              % (key, cut[key]))
+        check(cut[key] is not None, "slow %s still open after 4.5 s with "
+              "--conn-timeout 2" % key)
+    check(cut["headers"] >= 1.5, "slow headers cut after only %.2f s"
+          % cut["headers"])
+    check(wait_for(lambda: any("slow" in l and "127.0.0.1" in l
+                               for l in d.stderr().splitlines()), 3),
+          "no log line naming the slow peer: %r" % d.stderr()[-400:])
+    check(SECRET not in d.stderr(), "the secret appears in stderr")
+    d.wait_calls(1)
+
+
+def test_chunked_far_over_max_body_gets_413(ctx):
+    """A chunked body far past --max-body still gets its 413.
+
+    The excess used to be read for 1 MiB only, then the connection was
+    dropped: the sender saw an empty reply and no reason.
+    """
+    d = ctx.daemon(args=["--max-body", "65536"])
+    head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n" % d.url()).encode()
+    piece = b"x" * 65536
+    chunks = [b"%x\r\n%s\r\n" % (len(piece), piece)] * 80 + [b"0\r\n\r\n"]
+    try:
+        st, h, b = send_then_read(d, head, chunks, want_close=True)
+    except (OSError, http.client.HTTPException) as e:
+        raise TestFailure("5 MiB chunked body: no answer (%s: %s)"
+                          % (type(e).__name__, e))
+    expect_json_error(st, h, b, 413, "5 MiB chunked body, --max-body 64K")
+    check(d.alive(), "daemon died")
+
+
+def test_too_many_events_in_one_request(ctx):
+    """More than 1000 events in one body is 413; exactly 1000 all run."""
+    d = ctx.daemon()
+
+    def array(n):
+        return b"[" + b",".join([b'{"type":"x"}'] * n) + b"]"
+
+    st, h, b = d.post(None, raw=array(1001))
+    j = expect_json_error(st, h, b, 413, "1001 events")
+    check("1000" in str(j.get("error")), "413 does not name the bound: %r"
+          % b[:200])
+    # Each element has its own batch_index, so equal events are not
+    # repeats of each other.
+    expect_ok(d.post(None, raw=array(1000)), "1000 events")
+    d.wait_calls(1000, timeout=30)
+    time.sleep(0.3)
+    rows = d.calls()
+    check(len(rows) == 1000 and all(r["type"] == "x" for r in rows),
+          "%d handler calls, want 1000 of type x" % len(rows))
+
+
+def test_deep_nesting_up_to_128_accepted(ctx):
+    """Nesting a real payload might have is taken; far deeper is a 400."""
+    d = ctx.daemon()
+
+    def nested(depth):
+        # The event object is one level, each array one more.
+        n = depth - 1
+        return b'{"type":"deep","x":' + b"[" * n + b"]" * n + b"}"
+
+    expect_ok(d.post(None, raw=nested(100)), "depth 100")
+    st, h, b = d.post(None, raw=nested(200))
+    expect_json_error(st, h, b, 400, "depth 200")
+    d.wait_calls(1)
+    time.sleep(0.3)
+    rows = d.calls()
+    check(len(rows) == 1 and rows[0]["type"] == "deep",
+          "handler calls %r, want the depth 100 event once" % rows)
+
+
+def test_identical_events_in_one_request_all_handled(ctx):
+    """Equal events in one request are each real; a repeat request is not.
+
+    The body digest used to merge equal events of the same request (two
+    clicks in one second), and legacy callbacks, whose time is whole
+    seconds, the same way.
+    """
+    d = ctx.daemon()
+
+    def count(fn):
+        return len([r for r in d.calls() if fn(r)])
+
+    def twins():
+        return count(lambda r: r["type"] == "twin")
+
+    body = [{"type": "twin", "n": 1}, {"type": "twin", "n": 1}]
+    expect_ok(d.post(body, headers={"X-Webhook-ID": None}), "twins")
+    check(wait_for(lambda: twins() >= 2, 5),
+          "identical events in one request: %d handler calls, want 2"
+          % twins())
+    check(wait_for(lambda: "msg=request" in d.stderr(), 3), "no access line")
+    check("duplicates=" not in d.stderr(),
+          "the first request counted duplicates: %r" % d.stderr()[-300:])
+    expect_ok(d.post(body, headers={"X-Webhook-ID": None}), "twins again")
+    check(wait_for(lambda: "duplicates=2" in d.stderr(), 3),
+          "the repeated request's access line lacks duplicates=2: %r"
+          % d.stderr()[-300:])
+
+    # Back to back, so both carry the same time: two opens, both real.
+    target = d.url(extra="action=open&CONTACT_ID=Q")
+    for _ in range(2):
+        expect_ok(d.request("GET", target), "legacy open")
+    # With a delivery id, the second is a repeat.
+    target = d.url(extra="action=open&CONTACT_ID=R")
+    wid = str(uuid.uuid4())
+    for _ in range(2):
+        expect_ok(d.request("GET", target, headers={"X-Webhook-ID": wid}),
+                  "legacy open with X-Webhook-ID")
+    check(wait_for(lambda: count(lambda r: r["cid"] == "Q") >= 2, 5),
+          "identical legacy callbacks: %d handled, want 2"
+          % count(lambda r: r["cid"] == "Q"))
+    d.wait_calls(5)
+    time.sleep(0.5)
+    check(twins() == 2, "the repeated request ran again: %d twin calls"
+          % twins())
+    n = count(lambda r: r["cid"] == "R")
+    check(n == 1, "legacy callback repeated with one X-Webhook-ID ran %d"
+          " times" % n)
+
+
+def test_non_object_element_counted_from_1(ctx):
+    """The 400 names the element as meta.batch_index would: from 1."""
+    d = ctx.daemon()
+    for raw, n in ((b'[{"type":"a"}, 5]', 2), (b"[5]", 1)):
+        st, h, b = d.post(None, raw=raw)
+        j = expect_json_error(st, h, b, 400, raw.decode())
+        want = "element %d is not an object" % n
+        check(want in str(j.get("error")), "%s: error %r, want %r"
+              % (raw.decode(), j.get("error"), want))
+
+
 TESTS = [
     test_http_table,
     test_secret_param_and_path,
@@ -2228,6 +2503,13 @@ TESTS = [
     test_batch_larger_than_backlog_bound_is_taken_when_idle,
     test_spool_retry_of_unknown_id_fails,
     test_handler_blocked_in_c_is_reported,
+    test_spool_retry_keeps_backlog_count,
+    test_slow_headers_are_cut,
+    test_chunked_far_over_max_body_gets_413,
+    test_too_many_events_in_one_request,
+    test_deep_nesting_up_to_128_accepted,
+    test_identical_events_in_one_request_all_handled,
+    test_non_object_element_counted_from_1,
 ]
 
 
