@@ -58,9 +58,11 @@ enum req_stage {
  * One per open connection, to bound the time a request may take to
  * arrive: libmicrohttpd's own timeout counts only idle time, so a peer
  * sending one byte a second would hold its connection for ever.
- * since is when the current request's first byte may have come (the
- * connection opened, or the previous request ended), in util_mono
- * milliseconds; 0 while the request is in our hands or being answered.
+ * since is when the deadline's clock started, in util_mono milliseconds:
+ * the connection opened, the previous request was answered (both bound
+ * the wait for a request line), or the request line came in (which
+ * bounds the headers and body, however long the connection was idle
+ * before); 0 while the request is in our hands or being answered.
  */
 struct conn {
     struct conn *prev, *next;
@@ -452,6 +454,21 @@ on_stored(struct intake_job *job)
 
     wake(r->srv, r, job->result == INTAKE_STORED ? REQ_STORED : REQ_FAILED);
     req_unref(r);
+}
+
+/* A request line has come in: the request's own deadline starts. */
+static void *
+on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct conn *c = ci ? ci->socket_context : NULL;
+
+    (void)cls;
+    (void)uri;
+    if (c != NULL)
+        atomic_store(&c->since, mono_ms());
+    return NULL;
 }
 
 static void
@@ -886,6 +903,8 @@ server_start(const struct server_conf *conf, struct gerr *err)
                                         (intptr_t)on_completed, s};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
                                         (intptr_t)on_connection, s};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK,
+                                        (intptr_t)on_request_line, s};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
                                         (intptr_t)mhd_log, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,

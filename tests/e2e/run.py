@@ -2319,6 +2319,42 @@ def test_slow_headers_are_cut(ctx):
     d.wait_calls(1)
 
 
+def test_idle_keepalive_gets_full_time_for_next_request(ctx):
+    """The deadline of a request starts at its request line.
+
+    A keep-alive connection idle for most of --conn-timeout, then carrying
+    a request whose body takes a while, must not be cut for the idle part.
+    """
+    d = ctx.daemon(args=["--conn-timeout", "3"])
+    body = json.dumps(event_with_id(fixture("contact_added.json"),
+                                    "ka-slow")).encode()
+    head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\n"
+            "Content-Length: %d\r\n\r\n" % (d.url(), len(body))).encode()
+    s = d.tls_socket()
+    try:
+        first = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                 % d.url(extra="action=open&CONTACT_ID=ka")).encode()
+        s.sendall(first)
+        check(readable(s, 5), "no answer to the first request")
+        st = read_response(s, "GET")[0]
+        check(st == 200, "first request: %d" % st)
+        time.sleep(2.5)         # idle, under --conn-timeout
+        s.sendall(head)
+        # 2.4 s for the body: within --conn-timeout of the request line,
+        # but well past it (and the 1 s of grace) since the last answer.
+        step = -(-len(body) // 6)
+        for i in range(0, len(body), step):
+            time.sleep(0.4)
+            s.sendall(body[i:i + step])
+        check(readable(s, 5), "no answer to the slow second request")
+        st, h, b = read_response(s)
+        expect_ok((st, h, b), "second request after an idle spell")
+    finally:
+        s.close()
+    d.wait_calls(2)
+
+
 def test_chunked_far_over_max_body_gets_413(ctx):
     """A chunked body far past --max-body still gets its 413.
 
@@ -2505,6 +2541,7 @@ TESTS = [
     test_handler_blocked_in_c_is_reported,
     test_spool_retry_keeps_backlog_count,
     test_slow_headers_are_cut,
+    test_idle_keepalive_gets_full_time_for_next_request,
     test_chunked_far_over_max_body_gets_413,
     test_too_many_events_in_one_request,
     test_deep_nesting_up_to_128_accepted,
