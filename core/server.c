@@ -573,18 +573,24 @@ static struct spool_event *
 event_from(const struct req *r, const struct batch_event *bev, size_t index,
            size_t count, double now)
 {
-    struct spool_event *ev = xcalloc(1, sizeof(*ev));
+    const char *text[SPOOL_TEXTS] = {
+        [SPOOL_TYPE] = bev->type,
+        [SPOOL_CONTACT] = bev->contact,
+        [SPOOL_WEBHOOK_ID] = r->webhook_id,
+        [SPOOL_REQUEST_ID] = r->request_id,
+        [SPOOL_REMOTE_ADDR] = r->remote,
+        [SPOOL_JSON] = bev->json,
+    };
+    size_t len[SPOOL_TEXTS];
+    struct spool_event *ev;
 
+    for (int i = 0; i < SPOOL_TEXTS; i++)
+        len[i] = text[i] != NULL && i != SPOOL_JSON ? strlen(text[i]) : 0;
+    len[SPOOL_JSON] = bev->len;
+    ev = spool_event_new(text, len);
     ev->received_at = now;
-    ev->type = xstrdup(bev->type);
-    ev->contact = xstrdup(bev->contact);
-    ev->webhook_id = r->webhook_id ? xstrdup(r->webhook_id) : NULL;
-    ev->request_id = r->request_id ? xstrdup(r->request_id) : NULL;
-    ev->remote_addr = xstrdup(r->remote);
     ev->batch_index = (int)index;
     ev->batch_size = (int)count;
-    ev->json = xstrndup(bev->json, bev->len);
-    ev->len = bev->len;
     /*
      * A legacy callback is not retried by GetResponse, and two genuine
      * ones can be identical (the time they carry is whole seconds): only

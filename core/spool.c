@@ -440,25 +440,61 @@ col_text(sqlite3_stmt *st, int i)
              : NULL;
 }
 
+struct spool_event *
+spool_event_new(const char *const text[SPOOL_TEXTS],
+                const size_t len[SPOOL_TEXTS])
+{
+    size_t size = sizeof(struct spool_event);
+    struct spool_event *ev;
+    char **slot[SPOOL_TEXTS];
+    char *p;
+
+    for (int i = 0; i < SPOOL_TEXTS; i++)
+        if (text[i] != NULL)
+            size += len[i] + 1;
+    ev = xmalloc(size);
+    memset(ev, 0, sizeof(*ev));
+    slot[SPOOL_TYPE] = &ev->type;
+    slot[SPOOL_CONTACT] = &ev->contact;
+    slot[SPOOL_WEBHOOK_ID] = &ev->webhook_id;
+    slot[SPOOL_REQUEST_ID] = &ev->request_id;
+    slot[SPOOL_REMOTE_ADDR] = &ev->remote_addr;
+    slot[SPOOL_JSON] = &ev->json;
+    p = (char *)(ev + 1);
+    for (int i = 0; i < SPOOL_TEXTS; i++) {
+        if (text[i] == NULL)
+            continue;
+        memcpy(p, text[i], len[i]);
+        p[len[i]] = '\0';
+        *slot[i] = p;
+        p += len[i] + 1;
+    }
+    ev->len = len[SPOOL_JSON];
+    return ev;
+}
+
 /* Columns: id, received_at, type, contact, webhook_id, request_id,
  * remote_addr, batch_index, batch_size, attempts, json. */
 static struct spool_event *
 row_event(sqlite3_stmt *st)
 {
-    struct spool_event *ev = xcalloc(1, sizeof(*ev));
+    /* Column i + 2 holds text i. */
+    const char *text[SPOOL_TEXTS];
+    size_t len[SPOOL_TEXTS];
+    struct spool_event *ev;
 
+    for (int i = 0; i < SPOOL_TEXTS; i++) {
+        int col = i == SPOOL_JSON ? 10 : i + 2;
+
+        text[i] = (const char *)sqlite3_column_text(st, col);
+        len[i] = (size_t)sqlite3_column_bytes(st, col);
+    }
+    ev = spool_event_new(text, len);
     ev->id = sqlite3_column_int64(st, 0);
     ev->received_at = sqlite3_column_double(st, 1);
-    ev->type = col_text(st, 2);
-    ev->contact = col_text(st, 3);
-    ev->webhook_id = col_text(st, 4);
-    ev->request_id = col_text(st, 5);
-    ev->remote_addr = col_text(st, 6);
     ev->batch_index = sqlite3_column_int(st, 7);
     ev->batch_size = sqlite3_column_int(st, 8);
     ev->attempts = sqlite3_column_int(st, 9);
-    ev->json = col_text(st, 10);
-    ev->len = (size_t)sqlite3_column_bytes(st, 10);
     return ev;
 }
 
@@ -831,12 +867,6 @@ spool_event_free(struct spool_event *ev)
 {
     if (ev == NULL)
         return;
-    free(ev->type);
-    free(ev->contact);
-    free(ev->webhook_id);
-    free(ev->request_id);
-    free(ev->remote_addr);
-    free(ev->json);
     free(ev->last_error);
     free(ev);
 }

@@ -31,7 +31,11 @@ struct spool_stats {
     double oldest;          /* received_at of the oldest unfinished, or 0 */
 };
 
-/* One event as stored; every string is owned (see spool_event_free). */
+/*
+ * One event as stored.  Made by spool_event_new, its strings share one
+ * allocation with it (one malloc per event, not seven); only last_error
+ * is a separate one.  Freed by spool_event_free.
+ */
 struct spool_event {
     int64_t id;
     double received_at;
@@ -148,6 +152,23 @@ int64_t spool_purge_dead(struct spool *s);
 /* The last SQLite error as text, and whether it means "no space". */
 const char *spool_errmsg(struct spool *s);
 
+/* The strings of an event, in the order spool_event_new takes them. */
+enum spool_text {
+    SPOOL_TYPE,
+    SPOOL_CONTACT,
+    SPOOL_WEBHOOK_ID,
+    SPOOL_REQUEST_ID,
+    SPOOL_REMOTE_ADDR,
+    SPOOL_JSON,
+    SPOOL_TEXTS,
+};
+
+/*
+ * A zeroed event holding copies of text[i] (len[i] bytes, NUL-terminated
+ * in the copy; a NULL text stays NULL); ev->len is len[SPOOL_JSON].
+ */
+struct spool_event *spool_event_new(const char *const text[SPOOL_TEXTS],
+                                    const size_t len[SPOOL_TEXTS]);
 void spool_event_free(struct spool_event *ev);
 
 #endif
