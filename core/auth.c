@@ -46,7 +46,7 @@ int
 auth_add_file(struct auth *a, const char *path, struct gerr *err)
 {
     char line[GRWHD_AUTH_SECRET_MAX + 3];      /* + CR LF NUL */
-    int lineno = 0, rc = 0;
+    int lineno = 0, rc = 0, found = 0;
     FILE *f = fopen(path, "r");
 
     if (f == NULL) {
@@ -74,9 +74,15 @@ auth_add_file(struct auth *a, const char *path, struct gerr *err)
             rc = -1;
             break;
         }
+        found++;
     }
     explicit_bzero(line, sizeof(line));
     fclose(f);
+    /* An emptied file must not open the door: a file given holds one. */
+    if (rc == 0 && found == 0) {
+        gerr_set(err, "%s: no secret in the file", path);
+        rc = -1;
+    }
     return rc;
 }
 

@@ -23,7 +23,8 @@ struct auth {
 void auth_init(struct auth *a);
 int auth_add(struct auth *a, const char *secret, size_t len,
              struct gerr *err);
-/* Adds one secret per non-empty line; '#' starts a comment line. */
+/* Adds one secret per non-empty line; '#' starts a comment line.  A file
+ * without any secret is an error. */
 int auth_add_file(struct auth *a, const char *path, struct gerr *err);
 /* True when no secret is configured: every request is let in. */
 bool auth_open(const struct auth *a);

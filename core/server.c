@@ -45,6 +45,8 @@
 #define GRWHD_WATCHDOG_TICK_US (50 * 1000)
 /* How often, in watchdog ticks, connections are checked for slowness. */
 #define GRWHD_SLOW_SCAN_TICKS 5
+/* At shutdown, how long woken connections get to run before the stop. */
+#define GRWHD_RESUME_WAIT 2.0
 
 enum req_stage {
     REQ_NEW,
@@ -84,6 +86,16 @@ struct server {
     pthread_t watchdog;
     bool watchdog_started;
     atomic_bool stopping;
+    /*
+     * Shutdown: draining turns new requests away (503); active counts
+     * requests begun and not ended, suspended those the intake holds or
+     * that were woken and not yet run again.  libmicrohttpd must not be
+     * stopped while a connection is suspended.
+     */
+    atomic_bool draining;
+    atomic_int active, suspended;
+    struct MHD_Response *r_draining;
+    bool abandoned;         /* left running at shutdown, see server_stop */
     /* Open connections, for the slowness check. */
     pthread_mutex_t conn_mu;
     struct conn *conns;
@@ -108,6 +120,7 @@ struct req {
      * the job: whichever lets go last frees the request. */
     atomic_int refs;
     struct req *wait_prev, *wait_next;
+    atomic_bool is_suspended;   /* counted in srv->suspended */
     char *webhook_id, *request_id;
     char error[128];        /* why a 400 was answered, for the log */
     char remote[INET6_ADDRSTRLEN];
@@ -280,6 +293,7 @@ req_new(struct server *srv, struct MHD_Connection *conn, const char *url,
     r->srv = srv;
     r->conn = conn;
     r->t0 = util_mono();
+    atomic_fetch_add(&srv->active, 1);
     r->method = method;
     atomic_init(&r->stage, REQ_NEW);
     atomic_init(&r->refs, 1);
@@ -360,6 +374,8 @@ on_headers(struct req *r, const char *url, const char *method)
 
     bool legacy;
 
+    if (atomic_load(&srv->draining))
+        return reply(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_draining);
     if (srv->conf.path != NULL && strcmp(url, srv->conf.path) != 0)
         return reply(r, MHD_HTTP_NOT_FOUND, srv->r_404);
     legacy = strcmp(method, MHD_HTTP_METHOD_GET) == 0 &&
@@ -602,6 +618,14 @@ event_from(const struct req *r, const struct batch_event *bev, size_t index,
     return ev;
 }
 
+/* r's connection runs again (or is gone): no longer suspended. */
+static void
+unsuspend(struct req *r)
+{
+    if (atomic_exchange(&r->is_suspended, false))
+        atomic_fetch_sub(&r->srv->suspended, 1);
+}
+
 /* The body is complete: parse, store, then answer. */
 static enum MHD_Result
 on_complete(struct req *r)
@@ -610,8 +634,11 @@ on_complete(struct req *r)
     struct batch b;
     struct gerr err;
     double now;
+    int stage = atomic_load(&r->stage);
 
-    switch (atomic_load(&r->stage)) {
+    if (stage != REQ_WAITING)
+        unsuspend(r);
+    switch (stage) {
     case REQ_STORED:
         metrics_ack_latency(util_mono() - r->t0);
         return reply(r, MHD_HTTP_OK, srv->r_ok);
@@ -666,6 +693,8 @@ on_complete(struct req *r)
     /* Suspend first: the intake may finish before submit returns. */
     pthread_mutex_lock(&srv->wait_mu);
     atomic_store(&r->stage, REQ_WAITING);
+    atomic_store(&r->is_suspended, true);
+    atomic_fetch_add(&srv->suspended, 1);
     r->wait_prev = srv->wait_tail;
     if (srv->wait_tail)
         srv->wait_tail->wait_next = r;
@@ -714,9 +743,10 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct log_line l;
 
     (void)conn;
-    (void)srv;
     if (r == NULL)
         return;
+    unsuspend(r);
+    atomic_fetch_sub(&srv->active, 1);
     if (r->status != 0)
         metrics_request(r->status);
     if (log_begin(&l, r->status >= 500 || r->status == 0 ? LOG_WARN
@@ -840,21 +870,26 @@ make_responses(struct server *s)
     s->r_405 = error_response("method not allowed; use POST");
     s->r_413 = error_response("body too large");
     s->r_503 = error_response("cannot store events now; retry later");
+    s->r_draining = error_response("shutting down; retry later");
     if (!s->r_ok || !s->r_403 || !s->r_404 || !s->r_405 || !s->r_413 ||
-        !s->r_503)
+        !s->r_503 || !s->r_draining)
         return -1;
     MHD_add_response_header(s->r_405, MHD_HTTP_HEADER_ALLOW, "POST");
     MHD_add_response_header(s->r_413, MHD_HTTP_HEADER_CONNECTION, "close");
     MHD_add_response_header(s->r_503, MHD_HTTP_HEADER_RETRY_AFTER,
                             GRWHD_RETRY_AFTER);
+    MHD_add_response_header(s->r_draining, MHD_HTTP_HEADER_RETRY_AFTER,
+                            GRWHD_RETRY_AFTER);
+    MHD_add_response_header(s->r_draining, MHD_HTTP_HEADER_CONNECTION,
+                            "close");
     return 0;
 }
 
 static void
 free_responses(struct server *s)
 {
-    struct MHD_Response *all[] = {s->r_ok,  s->r_403, s->r_404,
-                                  s->r_405, s->r_413, s->r_503};
+    struct MHD_Response *all[] = {s->r_ok,  s->r_403, s->r_404, s->r_405,
+                                  s->r_413, s->r_503, s->r_draining};
 
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         if (all[i] != NULL)
@@ -876,6 +911,9 @@ server_start(const struct server_conf *conf, struct gerr *err)
     pthread_mutex_init(&s->wait_mu, NULL);
     pthread_mutex_init(&s->conn_mu, NULL);
     atomic_init(&s->stopping, false);
+    atomic_init(&s->draining, false);
+    atomic_init(&s->active, 0);
+    atomic_init(&s->suspended, 0);
     if (server_parse_addr(conf->listen, &ss, err) != 0)
         goto fail;
     if (ss.ss_family == AF_INET6)
@@ -959,24 +997,40 @@ server_stop(struct server *s, double wait_s)
     double until = util_mono() + wait_s;
     MHD_socket fd;
 
-    if (s == NULL)
+    if (s == NULL || s->abandoned)
         return;
+    atomic_store(&s->draining, true);
     fd = MHD_quiesce_daemon(s->mhd);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
-    for (;;) {
-        bool idle;
-
-        pthread_mutex_lock(&s->wait_mu);
-        idle = s->wait_head == NULL;
-        pthread_mutex_unlock(&s->wait_mu);
-        if (idle || util_mono() >= until)
-            break;
+    /* Requests under way finish: their events are stored and answered. */
+    while (atomic_load(&s->active) > 0 && util_mono() < until)
         usleep(10 * 1000);
+    /* Past the bound, the ones still waiting for the spool hear 503. */
+    pthread_mutex_lock(&s->wait_mu);
+    while (s->wait_head != NULL) {
+        struct req *r = s->wait_head;
+        int expect = REQ_WAITING;
+
+        wait_unlink(s, r);
+        if (atomic_compare_exchange_strong(&r->stage, &expect, REQ_LATE))
+            MHD_resume_connection(r->conn);
     }
+    pthread_mutex_unlock(&s->wait_mu);
+    until = util_mono() + GRWHD_RESUME_WAIT;
+    while (atomic_load(&s->suspended) > 0 && util_mono() < until)
+        usleep(10 * 1000);
     atomic_store(&s->stopping, true);
     if (s->watchdog_started)
         pthread_join(s->watchdog, NULL);
+    if (atomic_load(&s->suspended) > 0) {
+        /* libmicrohttpd aborts the process if stopped now; the exit that
+         * follows closes the sockets anyway. */
+        log_msg(LOG_WARN, "connections still suspended; not stopping the "
+                          "listener cleanly");
+        s->abandoned = true;
+        return;
+    }
     MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
 }
@@ -986,8 +1040,10 @@ server_free(struct server *s)
 {
     if (s == NULL)
         return;
-    if (s->mhd != NULL)
+    if (s->mhd != NULL && !s->abandoned)
         server_stop(s, 0);
+    if (s->abandoned)
+        return;     /* its threads may still use it; the process ends */
     pthread_mutex_destroy(&s->wait_mu);
     pthread_mutex_destroy(&s->conn_mu);
     free_responses(s);

@@ -30,9 +30,10 @@ struct server;
 
 struct server *server_start(const struct server_conf *conf, struct gerr *err);
 /*
- * Stops accepting, waits (at most wait_s) for requests whose events are
- * being stored, then closes every connection.  The intake may still hold
- * jobs of this server: flush it before server_free.
+ * Stops accepting (new requests hear 503), waits (at most wait_s) for the
+ * requests under way to be stored and answered, tells those still waiting
+ * for the spool 503, then closes every connection.  The intake may still
+ * hold jobs of this server: flush it before server_free.
  */
 void server_stop(struct server *s, double wait_s);
 void server_free(struct server *s);

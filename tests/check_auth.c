@@ -230,6 +230,23 @@ START_TEST(auth_file_missing_is_an_error)
 }
 END_TEST
 
+/* An emptied file would otherwise leave no secret: every request in. */
+START_TEST(auth_file_without_a_secret_is_an_error)
+{
+    static const char *const texts[] = {"", "\n\n", "# none yet\n  \t\n"};
+    char want[4200];
+
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        char *path = secret_file(texts[i]);
+
+        auth_init(&a);
+        ck_assert_int_eq(auth_add_file(&a, path, &err), -1);
+        snprintf(want, sizeof(want), "%s: no secret in the file", path);
+        ck_assert_str_eq(err.msg, want);
+    }
+}
+END_TEST
+
 Suite *
 auth_suite(void)
 {
@@ -251,6 +268,7 @@ auth_suite(void)
     tcase_add_test(tc, auth_file_takes_longest_secret_with_crlf);
     tcase_add_test(tc, auth_file_names_line_of_secret_past_max);
     tcase_add_test(tc, auth_file_missing_is_an_error);
+    tcase_add_test(tc, auth_file_without_a_secret_is_an_error);
     suite_add_tcase(s, tc);
     return s;
 }

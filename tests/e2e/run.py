@@ -493,6 +493,26 @@ def test_secret_file_two_lines(ctx):
     d.wait_calls(2)
 
 
+def test_emptied_secret_file_keeps_old_secrets(ctx):
+    """A reload that finds no secret keeps the old ones: never open."""
+    path = os.path.join(ctx.dir, "secrets.txt")
+    s1 = "Fe" + secrets.token_hex(8)
+    with open(path, "w") as f:
+        f.write(s1 + "\n")
+    d = ctx.daemon(args=["--secret-file", path], secret=False)
+    with open(path, "w") as f:
+        f.write("# rotated out\n")
+    d.proc.send_signal(signal.SIGHUP)
+    check(wait_for(lambda: "secret reload failed" in d.stderr(), 5),
+          "an emptied secret file was not refused: %r" % d.stderr()[-300:])
+    ev = event_with_id(fixture("contact_added.json"), "empty-1")
+    for url in (d.url(secret=None), d.url(secret="")):
+        st, h, b = d.post(ev, url=url)
+        expect_json_error(st, h, b, 403, "no secret after an emptied file")
+    expect_ok(d.post(ev, url=d.url(secret=s1)), "the old secret still works")
+    d.wait_calls(1)
+
+
 def test_secret_env(ctx):
     s = "Ev" + secrets.token_hex(8)
     d = ctx.daemon(env={"GRWHD_SECRET": s}, secret=False)
@@ -1139,6 +1159,57 @@ def test_large_batches_overflow_queues(ctx):
     check(len(counts) == total and not dup,
           "%d distinct of %d, %d duplicated (e.g. %s)"
           % (len(counts), total, len(dup), dup[:3]))
+
+
+def test_sigterm_under_load(ctx):
+    """SIGTERM while senders stream batches: exit 0, nothing acked lost.
+
+    Requests in flight are stored and answered; new ones hear 503; the
+    listener is stopped only once no connection is held by the intake.
+    """
+    spool = os.path.join(ctx.dir, "spool.db")
+    d = ctx.daemon(spool=spool, workers=2)
+    acked, lock, stop = [], threading.Lock(), threading.Event()
+    codes = {}
+
+    def sender(k):
+        conn = None
+        n = 0
+        while not stop.is_set():
+            evs = [event_with_id(fixture("contact_moved.json"),
+                                 "tl-%d-%d-%d" % (k, n, i)) for i in range(20)]
+            n += 1
+            try:
+                conn = conn or d.conn(timeout=10)
+                st, _, b = d.post(evs, conn=conn)
+            except (OSError, http.client.HTTPException):
+                conn = None
+                time.sleep(0.05)
+                continue
+            with lock:
+                codes[st] = codes.get(st, 0) + 1
+                if st == 200 and b == b'{"status":"OK"}':
+                    acked.extend(e["contact"]["contactId"] for e in evs)
+
+    ts = [threading.Thread(target=sender, args=(k,)) for k in range(6)]
+    for t in ts:
+        t.start()
+    try:
+        time.sleep(1.5)
+        rc = d.stop()
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(15)
+    check(rc == 0, "exit status %s after SIGTERM under load (codes %r): %s"
+          % (rc, codes, d.stderr()[-300:]))
+    check("Fatal error" not in d.stderr(), "libmicrohttpd aborted")
+    check(len(acked) > 0, "nothing acknowledged before SIGTERM: %r" % codes)
+    d2 = ctx.daemon(spool=spool, out=d.out, workers=2)
+    want = set(acked)
+    ok = wait_for(lambda: want <= set(r["cid"] for r in d2.calls()), 30)
+    check(ok, "%d of %d acknowledged events never handled"
+          % (len(want - set(r["cid"] for r in d2.calls())), len(want)))
 
 
 def test_sigterm_keeps_unhandled(ctx):
@@ -2481,6 +2552,7 @@ TESTS = [
     test_http_table,
     test_secret_param_and_path,
     test_secret_file_two_lines,
+    test_emptied_secret_file_keeps_old_secrets,
     test_secret_env,
     test_legacy_callback,
     test_deep_nesting_is_refused_not_fatal,
@@ -2508,6 +2580,7 @@ TESTS = [
     test_conn_timeout_closes_idle,
     test_large_batches_overflow_queues,
     test_sigterm_keeps_unhandled,
+    test_sigterm_under_load,
     test_stderr_lines_are_logfmt,
     test_duplicate_delivery_handled_once,
     test_failed_handler_is_retried,
