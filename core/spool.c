@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -93,9 +94,33 @@ prepare(struct spool *s, const char *sql, sqlite3_stmt **st)
 static int
 take_lock(struct spool *s, const char *path, struct gerr *err)
 {
-    char lp[4096];
+    char lp[PATH_MAX + 16], dir[PATH_MAX], real[PATH_MAX];
+    const char *base = strrchr(path, '/');
+    int n;
 
-    if (snprintf(lp, sizeof(lp), "%s.lock", path) >= (int)sizeof(lp)) {
+    /*
+     * The lock is named after the spool's real path, so a symlink (or a
+     * relative path) to the same file finds the same lock.  A spool not
+     * created yet has no real path; its folder does.
+     */
+    if (realpath(path, real) != NULL) {
+        n = snprintf(lp, sizeof(lp), "%s.lock", real);
+    } else {
+        n = snprintf(dir, sizeof(dir), "%.*s",
+                     base ? (int)(base - path) + (base == path) : 1,
+                     base ? path : ".");
+        if (n >= (int)sizeof(dir)) {
+            gerr_set(err, "spool path too long");
+            return -1;
+        }
+        if (realpath(dir, real) == NULL) {
+            gerr_set(err, "%s: %s", dir, strerror(errno));
+            return -1;
+        }
+        n = snprintf(lp, sizeof(lp), "%s/%s.lock", real,
+                     base ? base + 1 : path);
+    }
+    if (n < 0 || n >= (int)sizeof(lp)) {
         gerr_set(err, "spool path too long");
         return -1;
     }

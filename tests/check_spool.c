@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include <check.h>
@@ -278,6 +279,20 @@ START_TEST(spool_second_open_is_refused_while_first_is_open)
 }
 END_TEST
 
+/* Another name for the same file is the same spool. */
+START_TEST(spool_open_through_a_symlink_is_refused_too)
+{
+    char *link = test_keep(test_path(dir, "alias.db"));
+    struct spool *s2;
+
+    ck_assert_int_eq(symlink(path, link), 0);
+    s2 = spool_open(link, &err);
+    ck_assert_ptr_null(s2);
+    ck_assert_msg(strstr(err.msg, "in use by another grwhd") != NULL, "%s",
+                  err.msg);
+}
+END_TEST
+
 START_TEST(spool_load_stops_when_callback_refuses)
 {
     insert_three();
@@ -339,6 +354,7 @@ spool_suite(void)
     tcase_add_test(tc, spool_data_survives_reopen);
     tcase_add_test(tc, spool_reopen_recovers_running_events);
     tcase_add_test(tc, spool_second_open_is_refused_while_first_is_open);
+    tcase_add_test(tc, spool_open_through_a_symlink_is_refused_too);
     tcase_add_test(tc, spool_load_stops_when_callback_refuses);
     tcase_add_test(tc, spool_rollback_leaves_nothing);
     tcase_add_test(tc, spool_insert_refuses_event_without_type);
