@@ -20,6 +20,7 @@
 #define INTAKE_POLL_SECONDS 1.0
 #define INTAKE_PRUNE_SECONDS 10.0
 #define INTAKE_PRUNE_LIMIT 10000
+#define INTAKE_PROBE_SECONDS 1.0
 #define INTAKE_BACKOFF_BASE 1.0
 #define INTAKE_BACKOFF_CAP 600.0
 
@@ -63,6 +64,8 @@ struct intake {
     double next_due;        /* earliest scheduled retry (0: none) */
     double next_poll;
     double next_prune;
+    double next_probe;      /* while failing: when to try a write again */
+    bool due_blocked;       /* due events wait for room in the queues */
     uint64_t rng;
     /*
      * Delivery keys: gen[0] takes new keys and becomes gen[1] after one
@@ -105,6 +108,7 @@ next_unit(struct intake *in)
 struct due_ctx {
     struct intake *in;
     int64_t requeued;
+    bool refused;           /* the workers' queues are full */
 };
 
 static int
@@ -117,8 +121,10 @@ offer_due(void *arg, struct spool_event *ev)
      */
     bool requeued = ev->attempts == 0;
 
-    if (!dispatch_offer(ctx->in->active, ev))
+    if (!dispatch_offer(ctx->in->active, ev)) {
+        ctx->refused = true;
         return 1;
+    }
     ctx->requeued += requeued;
     return 0;
 }
@@ -194,6 +200,9 @@ poll_due(struct intake *in, double now)
     pthread_mutex_lock(&in->mu);
     in->backlog += ctx.requeued;
     pthread_mutex_unlock(&in->mu);
+    /* More may be due at once (a large spool retry): read on as soon as
+     * the workers have room, not a poll later. */
+    in->due_blocked = ctx.refused;
     in->next_due = spool_next_due(in->spool);
 }
 
@@ -432,18 +441,23 @@ requeue(struct intake *in, struct completion *cs)
 static void
 wait_for_work(struct intake *in)
 {
-    while (in->jobs == NULL && in->done == NULL && !in->stop &&
-           !in->dispatch_changed) {
+    /* While the spool refuses writes, outcomes wait for the probe (or for
+     * requests, whose write takes them along) instead of spinning. */
+    while (in->jobs == NULL && (in->done == NULL || in->failing) &&
+           !in->stop && !in->dispatch_changed) {
         double until = 0;
         struct timespec ts;
 
         if (in->active != NULL) {
             until = in->next_poll;
-            if (in->next_due > 0 && in->next_due < until)
+            if (in->next_due > 0 && in->next_due < until &&
+                !in->due_blocked)
                 until = in->next_due;
             if (in->next_prune < until)
                 until = in->next_prune;
         }
+        if (in->failing && (until == 0 || in->next_probe < until))
+            until = in->next_probe;
         if (until == 0) {
             pthread_cond_wait(&in->cv, &in->mu);
             continue;
@@ -467,12 +481,18 @@ intake_main(void *arg)
         struct completion *cs;
         int64_t stored = 0, finished = 0;
         double now;
+        bool room;
         int rc;
 
         wait_for_work(in);
-        if (in->stop && in->jobs == NULL && in->done == NULL &&
-            !in->dispatch_changed)
+        if (in->stop && in->jobs == NULL &&
+            (in->done == NULL || in->failing) && !in->dispatch_changed) {
+            /* Unwritten outcomes only run those events again later. */
+            if (in->done != NULL)
+                log_msg(LOG_WARN, "spool refuses writes; some outcomes "
+                                  "not recorded, those events run again");
             break;
+        }
         in->busy = true;
         jobs = in->jobs;
         in->jobs = NULL;
@@ -480,6 +500,7 @@ intake_main(void *arg)
         cs = in->done;
         in->done = NULL;
         in->done_tail = &in->done;
+        room = cs != NULL;      /* outcomes: the workers made room */
         if (in->dispatch_changed) {
             in->dispatch_changed = false;
             in->active = in->dispatch;
@@ -529,12 +550,33 @@ intake_main(void *arg)
             j->done(j);     /* j may be gone after this */
         }
         free_completions(cs);
+        /*
+         * Nothing may come to write (a balancer keeps traffic away while
+         * /readyz says 503), so the spool is tried on its own until it
+         * takes writes again.
+         */
+        now = util_now();
+        if (rc != 0)
+            in->next_probe = now + INTAKE_PROBE_SECONDS;
+        else if (in->failing && now >= in->next_probe) {
+            bool ok = spool_probe(in->spool) == 0;
+
+            in->next_probe = now + INTAKE_PROBE_SECONDS;
+            pthread_mutex_lock(&in->mu);
+            in->failing = !ok;
+            pthread_mutex_unlock(&in->mu);
+            if (ok)
+                log_msg(LOG_INFO, "spool writable again");
+        }
         if (in->active != NULL) {
             if (in->overflow)
                 refill(in);
             now = util_now();
+            if (room)
+                in->due_blocked = false;
             if (now >= in->next_poll ||
-                (in->next_due > 0 && now >= in->next_due))
+                (in->next_due > 0 && now >= in->next_due &&
+                 !in->due_blocked))
                 poll_due(in, now);
             if (now >= in->next_prune)
                 prune(in, now);

@@ -25,6 +25,9 @@ struct spool {
     sqlite3_stmt *sync_full, *sync_normal;
     sqlite3_stmt *record, *dedupe, *load_due;
     bool durable;           /* synchronous=FULL is in force */
+    /* Why the transaction just rolled back failed: the rollback itself
+     * replaces SQLite's message with its own. */
+    char failure[256];
     /*
      * Checkpoints (copying the WAL into the database file) run on a thread
      * of their own with its own connection, so the writer, which every
@@ -387,9 +390,20 @@ step_done(sqlite3_stmt *st)
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
+/* Keeps SQLite's message for spool_errmsg, before a later call (even a
+ * finalize) replaces it. */
+static void
+keep_failure(struct spool *s)
+{
+    if (s->failure[0] == '\0')
+        snprintf(s->failure, sizeof(s->failure), "%s",
+                 sqlite3_errmsg(s->db));
+}
+
 int
 spool_begin(struct spool *s, bool durable)
 {
+    s->failure[0] = '\0';
     if (durable != s->durable) {
         if (step_done(durable ? s->sync_full : s->sync_normal) != 0)
             return -1;
@@ -407,7 +421,27 @@ spool_commit(struct spool *s)
 void
 spool_rollback(struct spool *s)
 {
+    if (sqlite3_errcode(s->db) != SQLITE_OK)
+        keep_failure(s);
     (void)step_done(s->rollback);
+}
+
+int
+spool_probe(struct spool *s)
+{
+    int rc;
+
+    if (spool_begin(s, true) != 0) {
+        spool_rollback(s);
+        return -1;
+    }
+    /* Rewrites the header page: a real write and fsync, no data. */
+    rc = sqlite3_exec(s->db, "PRAGMA user_version = 1", NULL, NULL, NULL);
+    if (rc != SQLITE_OK || spool_commit(s) != 0) {
+        spool_rollback(s);
+        return -1;
+    }
+    return 0;
 }
 
 static void
@@ -563,12 +597,16 @@ query_int(struct spool *s, const char *sql, double a)
     sqlite3_stmt *st = NULL;
     int64_t n = -1;
 
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        keep_failure(s);
         return -1;
+    }
     if (a == a)
         sqlite3_bind_double(st, 1, a);
     if (sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
+    else
+        keep_failure(s);
     sqlite3_finalize(st);
     return n;
 }
@@ -809,8 +847,10 @@ spool_each_dead(struct spool *s, spool_load_fn fn, void *arg)
                            " o.last_error"
                            " FROM outcomes o JOIN events e ON e.id = o.id"
                            " WHERE o.state = 2 ORDER BY e.id",
-                           -1, &st, NULL) != SQLITE_OK)
+                           -1, &st, NULL) != SQLITE_OK) {
+        keep_failure(s);
         return -1;
+    }
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct spool_event *ev = row_event(st);
 
@@ -821,6 +861,8 @@ spool_each_dead(struct spool *s, spool_load_fn fn, void *arg)
         }
         n++;
     }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        keep_failure(s);
     sqlite3_finalize(st);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? n : -1;
 }
@@ -830,12 +872,17 @@ spool_retry(struct spool *s, const int64_t *ids, size_t n)
 {
     sqlite3_stmt *st = NULL;
     int64_t done = 0;
-    const char *sql = "UPDATE outcomes SET state = 3, next_at = 0,"
+    /* Due now (0 would read as "nothing scheduled"), with no attempts:
+     * see spool_requeued. */
+    const char *sql = "UPDATE outcomes SET state = 3, next_at = ?2,"
                       " attempts = 0 WHERE state = 2 AND (?1 IS NULL OR"
                       " id = ?1)";
+    double now = util_now();
 
-    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        keep_failure(s);
         return -1;
+    }
     if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
         goto fail;
     for (size_t i = 0; ids == NULL ? i < 1 : i < n; i++) {
@@ -843,16 +890,19 @@ spool_retry(struct spool *s, const int64_t *ids, size_t n)
             sqlite3_bind_null(st, 1);
         else
             sqlite3_bind_int64(st, 1, ids[i]);
+        sqlite3_bind_double(st, 2, now);
         if (sqlite3_step(st) != SQLITE_DONE)
             goto fail;
         done += sqlite3_changes(s->db);
         sqlite3_reset(st);
     }
     sqlite3_finalize(st);
+    st = NULL;
     if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     return done;
 fail:
+    keep_failure(s);
     sqlite3_finalize(st);
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     return -1;
@@ -863,8 +913,10 @@ spool_purge_dead(struct spool *s)
 {
     int64_t n;
 
-    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        keep_failure(s);
         return -1;
+    }
     if (sqlite3_exec(s->db,
                      "DELETE FROM events WHERE id IN"
                      " (SELECT id FROM outcomes WHERE state = 2)",
@@ -877,6 +929,7 @@ spool_purge_dead(struct spool *s)
         goto fail;
     return n;
 fail:
+    keep_failure(s);
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     return -1;
 }
@@ -884,7 +937,7 @@ fail:
 const char *
 spool_errmsg(struct spool *s)
 {
-    return sqlite3_errmsg(s->db);
+    return s->failure[0] != '\0' ? s->failure : sqlite3_errmsg(s->db);
 }
 
 void

@@ -149,8 +149,12 @@ int64_t spool_retry(struct spool *s, const int64_t *ids, size_t n);
 /* Deletes every dead event; returns how many, or -1. */
 int64_t spool_purge_dead(struct spool *s);
 
-/* The last SQLite error as text, and whether it means "no space". */
+/* The last SQLite error as text (for a rolled-back transaction, what
+ * made it fail). */
 const char *spool_errmsg(struct spool *s);
+/* A small durable write, to learn whether the spool can be written again
+ * (after a full disk, say): 0 if it can. */
+int spool_probe(struct spool *s);
 
 /* The strings of an event, in the order spool_event_new takes them. */
 enum spool_text {

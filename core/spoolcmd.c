@@ -104,6 +104,27 @@ dead(struct spool *s, bool json)
 }
 
 static int
+cmp_id(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+    return (x > y) - (x < y);
+}
+
+/* Sorts ids and drops repeats; returns how many are left. */
+static size_t
+distinct_ids(int64_t *ids, size_t n)
+{
+    size_t k = 0;
+
+    qsort(ids, n, sizeof(*ids), cmp_id);
+    for (size_t i = 0; i < n; i++)
+        if (k == 0 || ids[i] != ids[k - 1])
+            ids[k++] = ids[i];
+    return k;
+}
+
+static int
 retry(struct spool *s, const struct config *c)
 {
     int64_t *ids = NULL, n;
@@ -127,6 +148,8 @@ retry(struct spool *s, const struct config *c)
                 return 2;
             }
         }
+        /* An id given twice is one event: it is dead only once. */
+        nids = distinct_ids(ids, nids);
     }
     n = spool_retry(s, ids, nids);
     free(ids);
