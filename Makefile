@@ -104,24 +104,33 @@ $(BUILD)/bench_lua: $(CORE_OBJ) $(BUILD)/tests/bench_lua.o
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(ALL_LIBS) $(LDFLAGS)
 
 SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
+MAN_DIR     ?= $(PREFIX)/share/man/man1
+
+# The unit and the man page are written for /usr/local; the installed
+# copies name the paths this install really uses.
+INSTALL_SED = sed -e 's|/usr/local/lib/systemd/system|$(SYSTEMD_DIR)|g' \
+                  -e 's|/usr/local/|$(PREFIX)/|g'
 
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MAN_DIR) \
 	  $(DESTDIR)$(PREFIX)/share/grwhd/examples/router \
 	  $(DESTDIR)$(PREFIX)/share/doc/grwhd $(DESTDIR)$(SYSTEMD_DIR)
 	install -m 755 grwhd $(DESTDIR)$(PREFIX)/bin/grwhd
-	install -m 644 docs/grwhd.1 $(DESTDIR)$(PREFIX)/share/man/man1/grwhd.1
+	$(INSTALL_SED) docs/grwhd.1 > $(DESTDIR)$(MAN_DIR)/grwhd.1
+	chmod 644 $(DESTDIR)$(MAN_DIR)/grwhd.1
 	install -m 644 examples/*.lua $(DESTDIR)$(PREFIX)/share/grwhd/examples/
 	install -m 644 examples/router/*.lua \
 	  $(DESTDIR)$(PREFIX)/share/grwhd/examples/router/
 	install -m 644 docs/lua.md README.md $(DESTDIR)$(PREFIX)/share/doc/grwhd/
-	sed 's|/usr/local/bin/grwhd|$(PREFIX)/bin/grwhd|' scripts/grwhd.service \
+	$(INSTALL_SED) scripts/grwhd.service \
 	  > $(DESTDIR)$(SYSTEMD_DIR)/grwhd.service
 	chmod 644 $(DESTDIR)$(SYSTEMD_DIR)/grwhd.service
 
+# Removes what install lays down; the shared folders it may have created
+# (bin, man1, the systemd folder) stay.
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/grwhd
-	rm -f $(DESTDIR)$(PREFIX)/share/man/man1/grwhd.1
+	rm -f $(DESTDIR)$(MAN_DIR)/grwhd.1
 	rm -f $(DESTDIR)$(SYSTEMD_DIR)/grwhd.service
 	rm -rf $(DESTDIR)$(PREFIX)/share/grwhd $(DESTDIR)$(PREFIX)/share/doc/grwhd
 
