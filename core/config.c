@@ -6,9 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "server.h"
 
 enum opt_kind {
     OPT_STR,
@@ -323,6 +325,29 @@ find_config(int argc, char **argv)
     return path != NULL && path[0] != '\0' ? path : NULL;
 }
 
+/* Values whose form can be checked before anything starts, so a typo is
+ * a usage error (exit 2) rather than a failure at start. */
+static int
+check_values(const struct config *c, struct gerr *err)
+{
+    struct sockaddr_storage ss;
+    struct gerr why;
+
+    if (c->listen != NULL && server_parse_addr(c->listen, &ss, &why) != 0) {
+        gerr_set(err, "--listen: %s", why.msg);
+        return -1;
+    }
+    if (c->admin != NULL && server_parse_addr(c->admin, &ss, &why) != 0) {
+        gerr_set(err, "--admin: %s", why.msg);
+        return -1;
+    }
+    if (c->path != NULL && c->path[0] != '/') {
+        gerr_set(err, "--path: '%s' must start with '/'", c->path);
+        return -1;
+    }
+    return 0;
+}
+
 int
 config_parse(struct config *c, int argc, char **argv, struct gerr *err)
 {
@@ -385,7 +410,7 @@ config_parse(struct config *c, int argc, char **argv, struct gerr *err)
         gerr_set(err, "--tls-cert and --tls-key go together");
         return -1;
     }
-    return 0;
+    return check_values(c, err);
 }
 
 void

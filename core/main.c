@@ -464,7 +464,11 @@ new_script(const struct config *c)
         fprintf(stderr, "grwhd: new takes one file name\n");
         return 2;
     }
-    fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    /* "-" is standard output, as for feed's payloads. */
+    if (strcmp(path, "-") == 0)
+        fd = dup(STDOUT_FILENO);
+    else
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
     if (fd < 0 || (f = fdopen(fd, "w")) == NULL) {
         fprintf(stderr, "grwhd: %s: %s%s\n", path, strerror(errno),
                 errno == EEXIST ? " (not overwritten)" : "");
@@ -496,7 +500,8 @@ new_script(const struct config *c)
         fprintf(stderr, "grwhd: %s: %s\n", path, strerror(errno));
         return 1;
     }
-    printf("wrote %s; try: grwhd check --script %s\n", path, path);
+    if (strcmp(path, "-") != 0)
+        printf("wrote %s; try: grwhd check --script %s\n", path, path);
     return 0;
 }
 

@@ -272,6 +272,22 @@ START_TEST(config_tls_cert_and_key_go_together)
 }
 END_TEST
 
+/* A typo in an address or path is a usage error, found before start. */
+START_TEST(config_rejects_bad_address_and_path)
+{
+    ck_assert_int_eq(PARSE("--listen", "127.0.0.1:99999"), -1);
+    ck_assert_str_eq(err.msg, "--listen: bad address '127.0.0.1:99999' "
+                              "(want ADDR:PORT or [ADDR]:PORT)");
+    ck_assert_int_eq(PARSE("--admin", "nonsense"), -1);
+    ck_assert_str_eq(err.msg, "--admin: bad address 'nonsense' "
+                              "(want ADDR:PORT or [ADDR]:PORT)");
+    ck_assert_int_eq(PARSE("--path", "hook"), -1);
+    ck_assert_str_eq(err.msg, "--path: 'hook' must start with '/'");
+    PARSE_OK("--listen", "[::1]:8443", "--admin", "127.0.0.1:9090",
+             "--path", "/hook");
+}
+END_TEST
+
 START_TEST(config_log_options_parse)
 {
     PARSE_OK("--log-level", "debug", "--log-format=json");
@@ -332,6 +348,7 @@ config_suite(void)
     tcase_add_test(tc, config_env_bad_value_names_variable);
     tcase_add_test(tc, config_argv_secrets_replace_env_secret);
     tcase_add_test(tc, config_tls_cert_and_key_go_together);
+    tcase_add_test(tc, config_rejects_bad_address_and_path);
     tcase_add_test(tc, config_log_options_parse);
     tcase_add_test(tc, config_errors_never_show_a_secret);
     suite_add_tcase(s, tc);
