@@ -53,7 +53,13 @@ check_match(gnutls_datum_t *cert, gnutls_datum_t *key, struct gerr *err)
                                               GNUTLS_X509_FMT_PEM, NULL, 0);
     gnutls_certificate_free_credentials(cred);
     if (rc < 0) {
-        gerr_set(err, "%s", gnutls_strerror(rc));
+        /* GnuTLS words a mismatch as "data not available"; say it. */
+        gerr_set(err, "%s",
+                 rc == GNUTLS_E_CERTIFICATE_KEY_MISMATCH ||
+                         rc == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE
+                     ? "the key does not belong to the certificate (or "
+                       "one of the files is not PEM)"
+                     : gnutls_strerror(rc));
         return -1;
     }
     return 0;
