@@ -618,6 +618,27 @@ feed(struct config *c)
     return failed || bad ? 1 : 0;
 }
 
+/*
+ * Whether JSON logs were asked for, read past a bad option: a log shipper
+ * that expects JSON lines should get the error as one too.
+ */
+static bool
+wants_json_log(int argc, char **argv)
+{
+    const char *env = getenv("GRWHD_LOG_FORMAT");
+    bool json = env != NULL && strcmp(env, "json") == 0;
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--log-format=json") == 0 ||
+            (strcmp(argv[i], "--log-format") == 0 && i + 1 < argc &&
+             strcmp(argv[i + 1], "json") == 0))
+            json = true;
+        else if (strncmp(argv[i], "--log-format", 12) == 0)
+            json = false;
+    }
+    return json;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -632,7 +653,12 @@ main(int argc, char **argv)
     }
     config_defaults(&c);
     if (config_parse(&c, argc - first, argv + first, &err) != 0) {
-        fprintf(stderr, "grwhd: %s\n", err.msg);
+        if (wants_json_log(argc, argv)) {
+            log_setup(LOG_INFO, LOG_FORMAT_JSON);
+            log_msg_str(LOG_ERROR, "bad option", "error", err.msg);
+        } else {
+            fprintf(stderr, "grwhd: %s\n", err.msg);
+        }
         config_free(&c);
         return 2;
     }
@@ -652,7 +678,10 @@ main(int argc, char **argv)
         fprintf(stderr, "grwhd: unknown command '%s' (see --help)\n", cmd);
         rc = 2;
     } else if (c.script == NULL) {
-        fprintf(stderr, "grwhd: %s needs --script FILE\n", cmd);
+        if (c.log_format == LOG_FORMAT_JSON)
+            log_msg_str(LOG_ERROR, "needs --script FILE", "command", cmd);
+        else
+            fprintf(stderr, "grwhd: %s needs --script FILE\n", cmd);
         rc = 2;
     } else if (strcmp(cmd, "check") == 0) {
         rc = check(&c);
