@@ -378,10 +378,20 @@ struct names {
 };
 
 static void
-add_name(void *arg, const char *name)
+add_name(void *arg, const char *name, const char *other)
 {
     struct names *ns = arg;
 
+    if (other != NULL) {
+        /* Only names meant as handlers: a table may hold other data. */
+        if (strcmp(name, "default") == 0 || types_is_known(name) ||
+            types_suggest(name) != NULL)
+            fprintf(stderr, "warning: '%s' is a %s, not a function: its "
+                            "events %s\n", name, other,
+                    strcmp(name, "default") == 0 ? "would be skipped"
+                                                 : "go to default");
+        return;
+    }
     ns->v = xrealloc(ns->v, (ns->n + 1) * sizeof(*ns->v));
     ns->v[ns->n++] = xstrdup(name);
 }

@@ -1,6 +1,7 @@
 /* runtime.c - one worker's Lua state: load, handler lookup, safe calls. */
 #include "runtime.h"
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +49,7 @@ lrt_time_left(lua_State *L)
     struct lrt *rt = rt_of(L);
 
     if (rt == NULL || rt->deadline <= 0)
-        return -1;
+        return HUGE_VAL;
     return rt->deadline - util_mono();
 }
 
@@ -122,6 +123,16 @@ rt_hook(lua_State *L, lua_Debug *ar)
     lua_sethook(L, rt_hook, LUA_MASKCOUNT, 1);
     lua_getfield(L, LUA_REGISTRYINDEX, "grwhd.timeout");
     lua_error(L);
+}
+
+void
+lrt_deadline_check(lua_State *L)
+{
+    struct lrt *rt = rt_of(L);
+
+    /* The hook at the next instruction raises the timeout as usual. */
+    if (rt != NULL && rt->deadline > 0 && util_mono() >= rt->deadline)
+        lua_sethook(L, rt_hook, LUA_MASKCOUNT, 1);
 }
 
 static int
@@ -283,6 +294,9 @@ lrt_new(const struct lrt_conf *conf, int worker, struct gerr *err)
     lua_pushcfunction(L, l_no_exit);
     lua_setfield(L, -2, "exit");
     lua_pop(L, 1);
+    /* print would write to stdout, past the log and its format. */
+    lua_pushcfunction(L, lib_print);
+    lua_setglobal(L, "print");
     luaL_requiref(L, "grwhd", lib_open, 1);
     lua_pop(L, 1);
     set_package_path(L, conf->script);
@@ -306,6 +320,7 @@ lrt_new(const struct lrt_conf *conf, int worker, struct gerr *err)
     if (call_hook_fn(rt, "init", err) != 0)
         goto fail;
     rt->deadline = 0;
+    lua_sethook(L, rt_hook, LUA_MASKCOUNT, LRT_HOOK_COUNT);
     return rt;
 fail:
     lua_close(L);
@@ -399,8 +414,9 @@ lrt_call(struct lrt *rt, const struct spool_event *ev, struct gerr *err)
     if (rc == 0 && !lua_toboolean(L, -1))
         rc = 1;
     rt->deadline = 0;
-    if (rt->timed_out)
-        lua_sethook(L, rt_hook, LUA_MASKCOUNT, LRT_HOOK_COUNT);
+    /* Back to the usual rate, whether the deadline struck or a blocking
+     * call only armed the hook (lrt_deadline_check) and it never ran. */
+    lua_sethook(L, rt_hook, LUA_MASKCOUNT, LRT_HOOK_COUNT);
     rt->cur = NULL;
     lua_settop(L, top);
     return rc;
@@ -413,16 +429,19 @@ lrt_spent(const struct lrt *rt)
 }
 
 void
-lrt_types(struct lrt *rt, void (*fn)(void *arg, const char *name), void *arg)
+lrt_types(struct lrt *rt,
+          void (*fn)(void *arg, const char *name, const char *other),
+          void *arg)
 {
     lua_State *L = rt->L;
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->handlers);
     lua_pushnil(L);
     while (lua_next(L, -2) != 0) {
-        if (lua_type(L, -2) == LUA_TSTRING && lua_isfunction(L, -1) &&
+        if (lua_type(L, -2) == LUA_TSTRING &&
             !reserved_name(lua_tostring(L, -2)))
-            fn(arg, lua_tostring(L, -2));
+            fn(arg, lua_tostring(L, -2),
+               lua_isfunction(L, -1) ? NULL : luaL_typename(L, -1));
         lua_pop(L, 1);
     }
     lua_pop(L, 1);

@@ -42,12 +42,27 @@ int lrt_call(struct lrt *rt, const struct spool_event *ev, struct gerr *err);
  */
 bool lrt_spent(const struct lrt *rt);
 
-/* Calls fn with the name of every event type the script handles. */
-void lrt_types(struct lrt *rt, void (*fn)(void *arg, const char *name),
+/*
+ * Calls fn with the name of every entry of the script's handler table:
+ * other is NULL for a function (a type it handles), else the Lua type of
+ * what is there instead (a mistake: those events go to default).
+ */
+void lrt_types(struct lrt *rt,
+               void (*fn)(void *arg, const char *name, const char *other),
                void *arg);
 
-/* Seconds left of the running handler's time, or -1 when unbounded. */
+/*
+ * Seconds left of the running handler's time: 0 or less once it is
+ * spent, HUGE_VAL when no deadline applies.
+ */
 double lrt_time_left(lua_State *L);
+
+/*
+ * For C functions that block: when the deadline has passed, the timeout
+ * is raised at the script's next instruction rather than at the next
+ * periodic look at the clock.
+ */
+void lrt_deadline_check(lua_State *L);
 
 /* The event being handled on L's state (NULL outside a handler). */
 const struct spool_event *lrt_current(lua_State *L);
