@@ -496,8 +496,11 @@ enc_table(lua_State *L, struct enc *e, int idx, int depth)
 {
     lua_Integer n;
 
-    if (depth > GRWHD_CONVERT_DEPTH_MAX)
-        luaL_error(L, "JSON encode: nesting too deep (a cycle?)");
+    /* depth counts the tables around this one: the limit is the one
+     * dec_enter keeps, so decode reads whatever encode writes. */
+    if (depth + 1 > GRWHD_CONVERT_DEPTH_MAX)
+        luaL_error(L, "JSON encode: nesting too deep (over %d; a cycle?)",
+                   GRWHD_CONVERT_DEPTH_MAX);
     luaL_checkstack(L, 6, "JSON encode");
     if (table_is_array(L, idx, &n)) {
         enc_put(L, e, "[", 1);

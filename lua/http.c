@@ -2,9 +2,11 @@
 #include "http.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <curl/curl.h>
 #include <lauxlib.h>
@@ -112,26 +114,36 @@ bad_header_text(const char *s)
     return strpbrk(s, "\r\n") != NULL;
 }
 
-/* Stack: args box.  Adds each headers[name] = value to the request. */
-static void
+/*
+ * Stack: args ... box.  Adds each headers[name] = value to the request.
+ * Returns whether one of them is Content-Type.
+ */
+static int
 add_headers(lua_State *L, struct box *b)
 {
+    int has_type = 0;
+
     if (lua_getfield(L, 1, "headers") == LUA_TNIL) {
         lua_pop(L, 1);
-        return;
+        return 0;
     }
-    luaL_argcheck(L, lua_istable(L, -1), 1, "headers must be a table");
+    if (!lua_istable(L, -1))
+        luaL_error(L, "grwhd.http.request: 'headers' must be a table");
     lua_pushnil(L);
     while (lua_next(L, -2) != 0) {
         const char *k, *v;
         struct curl_slist *sl;
 
         if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
-            luaL_error(L, "header names and values must be strings");
+            luaL_error(L, "grwhd.http.request: header names and values "
+                          "must be strings");
         k = lua_tostring(L, -2);
         v = lua_tostring(L, -1);
         if (bad_header_text(k) || bad_header_text(v) || strchr(k, ':'))
-            luaL_error(L, "header %s: line breaks or ':' not allowed", k);
+            luaL_error(L, "grwhd.http.request: header %s: line breaks or "
+                          "':' not allowed", k);
+        if (strcasecmp(k, "Content-Type") == 0)
+            has_type = 1;
         lua_pushfstring(L, "%s: %s", k, v);
         sl = curl_slist_append(b->hdrs, lua_tostring(L, -1));
         if (sl == NULL)
@@ -140,6 +152,7 @@ add_headers(lua_State *L, struct box *b)
         lua_pop(L, 2);
     }
     lua_pop(L, 1);
+    return has_type;
 }
 
 /* Pushes the response headers as a table; repeats are joined with ", ". */
@@ -185,36 +198,118 @@ push_headers(lua_State *L, const struct box *b)
     }
 }
 
+/*
+ * Stack: args ...  Pushes args[name] and returns it as text (numbers
+ * too, as Lua's own functions take them), or NULL when it is nil.
+ */
+static const char *
+string_field(lua_State *L, const char *name, size_t *len)
+{
+    int t = lua_getfield(L, 1, name);
+
+    if (t == LUA_TNIL)
+        return NULL;
+    if (t != LUA_TSTRING && t != LUA_TNUMBER)
+        luaL_error(L, "grwhd.http.request: '%s' must be a string", name);
+    return lua_tolstring(L, -1, len);
+}
+
+static int
+http_scheme(const char *url)
+{
+    return strncasecmp(url, "http://", 7) == 0 ||
+           strncasecmp(url, "https://", 8) == 0;
+}
+
+/*
+ * An HTTP method is a token; here letters only, as the methods web
+ * services take are.  They are sent in upper case: servers match methods
+ * case-sensitively, and the methods they know are upper case.
+ */
+static const char *
+check_method(lua_State *L, const char *m, size_t n, char *out)
+{
+    if (n == 0 || n > GRWHD_HTTP_METHOD_MAX)
+        luaL_error(L, "grwhd.http.request: 'method' must be 1 to %d "
+                      "letters", GRWHD_HTTP_METHOD_MAX);
+    for (size_t i = 0; i < n; i++) {
+        if (!isalpha((unsigned char)m[i]))
+            luaL_error(L, "grwhd.http.request: 'method' must be letters "
+                          "only, like GET");
+        out[i] = (char)toupper((unsigned char)m[i]);
+    }
+    out[n] = '\0';
+    return out;
+}
+
+/*
+ * With the handler's time spent no request is made.  The call gives what
+ * a request cut short by its timeout gives, and the handler is stopped at
+ * its next instruction, as a script that ignores the failure would slip
+ * between two looks at the clock and return as if it had succeeded.
+ */
+static int
+no_time_left(lua_State *L)
+{
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: the handler's time limit was reached",
+                    curl_easy_strerror(CURLE_OPERATION_TIMEDOUT));
+    lrt_deadline_check(L);
+    return 2;
+}
+
 int
 l_http_request(lua_State *L)
 {
-    const char *url, *method, *body = NULL;
-    size_t body_len = 0;
+    const char *url, *method, *body;
+    char method_buf[GRWHD_HTTP_METHOD_MAX + 1];
+    size_t url_len = 0, body_len = 0, method_len = 0;
     double timeout, left;
+    long timeout_ms;
+    int has_type;
     struct box *b;
     CURLcode rc;
     char errbuf[CURL_ERROR_SIZE] = "";
     long status = 0;
 
-    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_istable(L, 1))
+        return luaL_error(L, "grwhd.http.request: expects a table "
+                             "{url = ..., ...}, got %s", luaL_typename(L, 1));
     lua_settop(L, 1);
-    lua_getfield(L, 1, "url");
-    url = luaL_optstring(L, -1, NULL);
-    luaL_argcheck(L, url != NULL, 1, "url is required");
-    lua_getfield(L, 1, "body");
-    if (!lua_isnil(L, -1))
-        body = luaL_checklstring(L, -1, &body_len);
-    lua_getfield(L, 1, "method");
-    method = luaL_optstring(L, -1, body ? "POST" : "GET");
-    lua_getfield(L, 1, "timeout");
-    timeout = luaL_optnumber(L, -1, GRWHD_HTTP_TIMEOUT);
-    luaL_argcheck(L, timeout > 0, 1, "timeout must be positive");
-    /* The strings stay on the stack (2..5) while curl uses them. */
+    /* The strings stay on the stack (2..4) while curl uses them. */
+    url = string_field(L, "url", &url_len);
+    if (url == NULL)
+        return luaL_error(L, "grwhd.http.request: 'url' is required");
+    if (strlen(url) != url_len)
+        return luaL_error(L, "grwhd.http.request: 'url' must not contain "
+                             "NUL bytes");
+    if (!http_scheme(url))
+        return luaL_error(L, "grwhd.http.request: 'url' must start with "
+                             "http:// or https://");
+    body = string_field(L, "body", &body_len);
+    method = string_field(L, "method", &method_len);
+    if (method == NULL)
+        method = body ? "POST" : "GET";
+    else
+        method = check_method(L, method, method_len, method_buf);
+    if (lua_getfield(L, 1, "timeout") == LUA_TNIL) {
+        timeout = GRWHD_HTTP_TIMEOUT;
+    } else {
+        timeout = lua_tonumber(L, -1);
+        if (!lua_isnumber(L, -1) || !(timeout > 0))
+            return luaL_error(L, "grwhd.http.request: 'timeout' must be a "
+                                 "positive number");
+    }
     left = lrt_time_left(L);
-    if (left >= 0 && left < timeout)
+    if (left <= 0)
+        return no_time_left(L);
+    if (left < timeout)
         timeout = left;
-    if (timeout <= 0)
-        return luaL_error(L, "handler out of time before the request");
+    /* Whole milliseconds, never 0 (curl's "no timeout"); a day at most,
+     * which also keeps the product inside a long. */
+    if (timeout > 86400)
+        timeout = 86400;
+    timeout_ms = (long)ceil(timeout * 1000);
 
     b = lua_newuserdatauv(L, sizeof(*b), 0);        /* args ... box */
     memset(b, 0, sizeof(*b));
@@ -223,7 +318,15 @@ l_http_request(lua_State *L)
     b->curl = curl_easy_init();
     if (b->curl == NULL)
         return luaL_error(L, "cannot start an HTTP request");
-    add_headers(L, b);
+    has_type = add_headers(L, b);
+    /* curl would label a body form data; send no type unless told. */
+    if (body != NULL && !has_type) {
+        struct curl_slist *sl = curl_slist_append(b->hdrs, "Content-Type:");
+
+        if (sl == NULL)
+            return luaL_error(L, "out of memory");
+        b->hdrs = sl;
+    }
 
     curl_easy_setopt(b->curl, CURLOPT_URL, url);
     curl_easy_setopt(b->curl, CURLOPT_CUSTOMREQUEST, method);
@@ -240,7 +343,7 @@ l_http_request(lua_State *L)
     curl_easy_setopt(b->curl, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(b->curl, CURLOPT_HEADERDATA, b);
     curl_easy_setopt(b->curl, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(b->curl, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    curl_easy_setopt(b->curl, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(b->curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(b->curl, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(b->curl, CURLOPT_MAXFILESIZE_LARGE,

@@ -408,6 +408,30 @@ START_TEST(convert_rejects_depth_past_max)
 }
 END_TEST
 
+/* Whatever encode writes, decode reads: both take 128 levels of arrays
+ * or objects, and both refuse 129. */
+START_TEST(convert_encode_and_decode_agree_on_depth)
+{
+    RUN("local function nest(n, wrap)\n"
+        "  local t = {}\n"
+        "  for _ = 2, n do t = wrap(t) end\n"
+        "  return t\n"
+        "end\n"
+        "local wraps = { function(t) return {t} end,\n"
+        "                function(t) return {k = t} end }\n"
+        "for _, wrap in ipairs(wraps) do\n"
+        "  local s = encode(nest(128, wrap))\n"
+        "  eq(encode(decode(s)), s)\n"
+        "  fails(nest(129, wrap), 'nesting too deep')\n"
+        "  local deeper = wrap(decode(s))\n"
+        "  fails(deeper, 'nesting too deep')\n"
+        "end\n"
+        "local ok, e = pcall(decode, ('['):rep(129) .. (']'):rep(129))\n"
+        "eq(ok, false)\n"
+        "eq(e, 'JSON: nesting too deep at byte 129')\n");
+}
+END_TEST
+
 /* Every fixture: decode, encode, decode again gives the same value, and
  * another parser reads the encoded text as the original document. */
 START_TEST(convert_round_trips_fixtures)
@@ -935,6 +959,7 @@ convert_suite(void)
     tcase_add_test(tc, convert_encode_refuses_nan_and_infinity);
     tcase_add_test(tc, convert_encode_refuses_values_json_cannot_hold);
     tcase_add_test(tc, convert_encode_refuses_cycles);
+    tcase_add_test(tc, convert_encode_and_decode_agree_on_depth);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1608,7 +1608,7 @@ def test_loops_and_memory_hogs_are_stopped(ctx):
     check(d.alive(), "daemon died")
 
 
-def feed_script(ctx, text, payload, env=None):
+def feed_script(ctx, text, payload, env=None, args=()):
     path = os.path.join(ctx.dir, "f.lua")
     with open(path, "w") as f:
         f.write(text)
@@ -1617,7 +1617,7 @@ def feed_script(ctx, text, payload, env=None):
         f.write(payload)
     e = dict(os.environ)
     e.update(env or {})
-    r = subprocess.run([BIN, "feed", "--script", path, pay],
+    r = subprocess.run([BIN, "feed", "--script", path, pay] + list(args),
                        capture_output=True, text=True, timeout=60, env=e,
                        cwd=ctx.dir)
     return r
@@ -1645,7 +1645,7 @@ return on
     payload = ('{"type":"t","n":9007199254740993,"z":null,'
                '"u":"\\u00e9\\ud83d\\ude00","arr":[1,"x",[2]],"empty":[]}')
     r = feed_script(ctx, text, payload)
-    check(r.returncode == 0 and "roundtrip ok" in r.stdout,
+    check(r.returncode == 0 and "roundtrip ok" in r.stderr,
           "rc %d out %r err %r" % (r.returncode, r.stdout, r.stderr[-500:]))
 
 
@@ -1665,6 +1665,8 @@ class _Peer(threading.Thread):
                                  dict(self.headers), body))
                 if self.path == "/slow":
                     time.sleep(2)
+                elif self.path == "/slow1.5":
+                    time.sleep(1.5)
                 code = 503 if self.path == "/fail" else 201
                 try:
                     self.send_response(code)
@@ -1724,7 +1726,7 @@ return on
         r = feed_script(ctx, text, '{"type":"t"}',
                         env={"PEER": "http://127.0.0.1:%d" % peer.port,
                              "CLOSED": "http://127.0.0.1:%d/" % closed})
-        check(r.returncode == 0 and "http ok" in r.stdout,
+        check(r.returncode == 0 and "http ok" in r.stderr,
               "rc %d out %r err %r" % (r.returncode, r.stdout,
                                        r.stderr[-600:]))
         check(any(g[0] == "PUT" and g[3] == b"hello" for g in peer.got),
@@ -1757,6 +1759,104 @@ return on
         peer.stop()
 
 
+def test_http_makes_no_request_once_handler_time_is_spent(ctx):
+    """With the handler's time spent, a request is not sent at all.
+
+    Each call takes 1.5 s of a 2 s budget: the second is cut at 2 s, and
+    the attempt fails there instead of running more 30 s requests.
+    """
+    peer = _Peer()
+    try:
+        text = r"""
+local on = {}
+function on.default(ev, meta)
+  for i = 1, 4 do
+    grwhd.http.request{url = os.getenv("PEER") .. "/slow1.5"}
+  end
+end
+return on
+"""
+        r = feed_script(ctx, text, '{"type":"t"}',
+                        env={"PEER": "http://127.0.0.1:%d" % peer.port},
+                        args=["--handler-timeout", "2"])
+        m = re.search(r"type=t ([\d.]+) ms", r.stdout)
+        took = float(m.group(1)) / 1000 if m else -1
+        sent = [g for g in peer.got if g[1] == "/slow1.5"]
+        check(r.returncode == 1 and "handler timed out" in r.stdout,
+              "attempt did not fail by its time limit: rc %d out %r err %r"
+              % (r.returncode, r.stdout[-400:], r.stderr[-400:]))
+        check(1.9 <= took < 2.6, "attempt ended after %.2f s, not ~2 s"
+              % took)
+        check(len(sent) == 2, "%d requests sent; 2 fit in the budget"
+              % len(sent))
+    finally:
+        peer.stop()
+
+
+def test_http_request_checks_its_arguments(ctx):
+    """Bad arguments raise an error naming the field; nothing is sent."""
+    peer = _Peer()
+    try:
+        text = r"""
+local base = os.getenv("PEER")
+local function fails(args, want)
+  local ok, err = pcall(grwhd.http.request, args)
+  assert(not ok, "accepted " .. tostring(args.url) .. " "
+                 .. tostring(args.method))
+  assert(err:find("grwhd.http.request: " .. want, 1, true), err)
+end
+local on = {}
+function on.default(ev, meta)
+  local m = base .. "/bad"
+  fails({url = m, method = "GET /x HTTP/1.1\r\nX-A: b"}, "'method'")
+  fails({url = m, method = "GET\n"}, "'method'")
+  fails({url = m, method = "GE T"}, "'method'")
+  fails({url = m, method = ""}, "'method'")
+  fails({url = m, method = {}}, "'method' must be a string")
+  local bare = base:gsub("^http://", "") .. "/bad"
+  fails({url = bare}, "'url' must start with http:// or https://")
+  fails({url = "ftp://127.0.0.1/bad"}, "'url' must start with")
+  fails({url = "file:///etc/passwd"}, "'url' must start with")
+  fails({url = true}, "'url' must be a string")
+  fails({}, "'url' is required")
+  fails({url = m, body = {}}, "'body' must be a string")
+  fails({url = m, headers = "x"}, "'headers' must be a table")
+  fails({url = m, timeout = -1}, "'timeout' must be a positive number")
+  fails({url = m, timeout = "soon"}, "'timeout' must be a positive number")
+  local ok, err = pcall(grwhd.http.request, m)
+  assert(not ok and err:find("grwhd.http.request: expects a table", 1,
+                             true), err)
+  assert(grwhd.http.request{url = "HTTP://" .. base:sub(8) .. "/upper",
+                            method = "post", body = "a=1"} == 201)
+  assert(grwhd.http.request{url = base .. "/typed", body = "{}",
+    headers = {["content-type"] = "application/json"}} == 201)
+  io.stdout:write("args ok\n")
+end
+return on
+"""
+        r = feed_script(ctx, text, '{"type":"t"}',
+                        env={"PEER": "http://127.0.0.1:%d" % peer.port})
+        check(r.returncode == 0 and "args ok" in r.stdout,
+              "rc %d out %r err %r" % (r.returncode, r.stdout[-600:],
+                                       r.stderr[-300:]))
+        paths = [g[1] for g in peer.got]
+        check("/bad" not in paths, "a refused request was sent: %r" % paths)
+
+        def ctype(path):
+            for g in peer.got:
+                if g[1] == path:
+                    return g[0], {k.lower(): v for k, v
+                                  in g[2].items()}.get("content-type")
+            raise TestFailure("%s not received: %r" % (path, paths))
+        check(ctype("/upper") == ("POST", None),
+              "method/type of a body without Content-Type: %r"
+              % (ctype("/upper"),))
+        check(ctype("/typed") == ("POST", "application/json"),
+              "a given Content-Type: %r" % (ctype("/typed"),))
+    finally:
+        peer.stop()
+
+
 def test_check_warns_and_new_writes_a_starter(ctx):
     p = os.path.join(ctx.dir, "w.lua")
     with open(p, "w") as f:
@@ -1773,6 +1873,11 @@ def test_check_warns_and_new_writes_a_starter(ctx):
     rc, out, err = grwhd_cli("check", "--script", e)
     check(rc == 0 and "no handler and no default" in err,
           "empty script: %d %r" % (rc, err))
+    with open(e, "w") as f:
+        f.write('return { contact_added = "oops", note = 5 }\n')
+    rc, out, err = grwhd_cli("check", "--script", e)
+    check(rc == 0 and "'contact_added' is a string, not a function" in err
+          and "'note'" not in err, "non-function handler: %d %r" % (rc, err))
     s = os.path.join(ctx.dir, "starter.lua")
     rc, out, _ = grwhd_cli("new", s)
     check(rc == 0 and os.path.exists(s), "new: %d %r" % (rc, out))
@@ -1786,6 +1891,13 @@ def test_check_warns_and_new_writes_a_starter(ctx):
             check("on.%s(" % t in text, "starter lacks %s" % t)
     rc, _, err = grwhd_cli("new", s)
     check(rc == 1 and "not overwritten" in err, "new over a file: %r" % err)
+    p = subprocess.run([BIN, "new", "-"], capture_output=True, text=True,
+                       timeout=20, cwd=ctx.dir)
+    check(p.returncode == 0 and p.stdout == text,
+          "new - does not print the starter: %d %r" % (p.returncode,
+                                                       p.stdout[:80]))
+    check(not os.path.exists(os.path.join(ctx.dir, "-")),
+          "new - wrote a file named '-'")
 
 
 def test_feed_reports_each_outcome(ctx):
@@ -1995,11 +2107,17 @@ def test_readyz_503_while_spool_cannot_write(ctx):
         st, body = admin_get(port, "/readyz")
         check(st == 503 and "spool" in body, "readyz on a full disk: %d %s"
               % (st, body))
+        # A balancer sends nothing while readyz says 503: the daemon must
+        # find out by itself that the spool takes writes again.
         disk.free()
+        check(wait_for(lambda: admin_get(port, "/readyz")[0] == 200, 5),
+              "readyz still %r 5 s after space came back, with no request"
+              % (admin_get(port, "/readyz"),))
+        check("no transaction is active" not in d.stderr(),
+              "the log hides why the write failed: %r"
+              % [l for l in d.stderr().splitlines() if "failed" in l][:2])
         expect_ok(d.post(event_with_id(fixture("contact_added.json"),
                                        "rz-after")), "after space")
-        st, body = admin_get(port, "/readyz")
-        check(st == 200, "readyz after recovery: %d %s" % (st, body))
         d.stop()
     finally:
         disk.unmount()
@@ -2058,6 +2176,9 @@ def test_tls_reload_keeps_old_connections(ctx):
     d.proc.send_signal(signal.SIGHUP)
     check(wait_for(lambda: "TLS reload failed" in d.stderr(), 5),
           "a mismatched pair was not refused")
+    check("does not belong to the certificate" in d.stderr(),
+          "the refusal does not say why: %r" % [
+              l for l in d.stderr().splitlines() if "TLS reload" in l])
     check(peer_cn(d.port) == "pairB", "the good pair stays after a bad one")
     old.close()
 
@@ -2084,6 +2205,153 @@ def test_json_log_lines_parse(ctx):
     for m in ("listening", "request", "handler failed, will retry",
               "shutting down"):
         check(m in msgs, "no %r line among %r" % (m, sorted(msgs)))
+    # A bad option is reported as a JSON line too, however JSON was asked.
+    for args, env in ((["--log-format", "json", "--workers", "0"], {}),
+                      (["--tls-cert", "c.pem"], {"GRWHD_LOG_FORMAT": "json"})):
+        p = subprocess.run([BIN, "--script", "x.lua"] + args,
+                           capture_output=True, text=True, timeout=20,
+                           env=dict(os.environ, **env))
+        try:
+            doc = json.loads(p.stderr)
+        except ValueError:
+            raise TestFailure("option error not JSON: %r" % p.stderr)
+        check(p.returncode == 2 and doc.get("level") == "error",
+              "option error: %d %r" % (p.returncode, doc))
+
+
+def logfmt_pairs(line):
+    """(key, value) pairs of one logfmt line, quoted values unescaped."""
+    pairs, i = [], 0
+    key = re.compile(r'\s*([^\s=]+)=')
+    while i < len(line):
+        m = key.match(line, i)
+        if not m:
+            return None
+        i = m.end()
+        if i < len(line) and line[i] == '"':
+            j = i + 1
+            while j < len(line) and line[j] != '"':
+                j += 2 if line[j] == "\\" else 1
+            # The log's escapes are JSON's.
+            value = json.loads(line[i:j + 1])
+            i = j + 1
+        else:
+            j = i
+            while j < len(line) and not line[j].isspace():
+                j += 1
+            value = line[i:j]
+            i = j
+        pairs.append((m.group(1), value))
+    return pairs
+
+
+def log_records(text, fmt):
+    """Each line of a log as a list of pairs; every key at most once."""
+    records = []
+    for line in text.splitlines():
+        if fmt == "json":
+            try:
+                pairs = json.loads(line, object_pairs_hook=list)
+            except ValueError:
+                raise TestFailure("not JSON: %r" % line[:200])
+        else:
+            pairs = logfmt_pairs(line)
+            check(pairs is not None, "not logfmt: %r" % line[:200])
+        keys = [k for k, _ in pairs]
+        check(len(keys) == len(set(keys)) and keys[:3] == ["ts", "level",
+                                                           "msg"],
+              "line with repeated or misplaced keys: %r" % line[:300])
+        check(len(line.encode()) < 4096, "line of %d bytes" % len(line))
+        records.append(dict(pairs))
+    return records
+
+
+def test_script_log_fields_keep_the_daemons_names(ctx):
+    """Fields named like the daemon's own are renamed, and a long message
+    is cut so that the event's ids stay in its line."""
+    text = r"""
+local on = {}
+function on.default(ev, meta)
+  grwhd.log.info("m", { level = "x", msg = "y", ts = "z", spool_id = "s",
+    attempt = "a", ["field.level"] = "f", ["a b"] = 1, a_b = 2, ok = "k" })
+  grwhd.log.warn(string.rep('long "text"\n', 600), { after = "v" })
+  grwhd.log.warn(string.rep("\1", 3000))
+end
+return on
+"""
+    for fmt in ("json", "text"):
+        r = feed_script(ctx, text, '{"type":"t"}',
+                        args=["--log-format", fmt])
+        check(r.returncode == 0, "%s: rc %d out %r err %r"
+              % (fmt, r.returncode, r.stdout, r.stderr[-300:]))
+        recs = log_records(r.stderr, fmt)
+        m = [x for x in recs if x["msg"] == "m"]
+        check(len(m) == 1, "%s: no line for msg m: %r" % (fmt, recs))
+        want = {"level": "info", "msg": "m", "spool_id": 1, "attempt": 1,
+                "field.level": "f", "field.field.level": "x",
+                "field.msg": "y", "field.ts": "z", "field.spool_id": "s",
+                "field.attempt": "a", "a_b": "1", "field.a_b": "2",
+                "ok": "k"}
+        got = {k: v for k, v in m[0].items() if k != "ts"}
+        if fmt == "text":
+            want = {k: str(v) for k, v in want.items()}
+        check(got == want, "%s: fields %r, want %r" % (fmt, got, want))
+        long = [x for x in recs if x["level"] == "warn"]
+        check(len(long) == 2, "%s: long lines %r" % (fmt, long))
+        for x in long:
+            check(str(x.get("spool_id")) == "1" and
+                  str(x.get("attempt")) == "1",
+                  "%s: a long message pushed out the ids: %r"
+                  % (fmt, sorted(x)))
+            check(x["msg"].endswith("...") and len(x["msg"]) > 500,
+                  "%s: message not cut with an ellipsis: %r"
+                  % (fmt, x["msg"][-40:]))
+        check(long[0]["msg"].startswith('long "text"\nlong'),
+              "%s: message %r" % (fmt, long[0]["msg"][:40]))
+
+
+def test_print_writes_log_lines(ctx):
+    """print() in a script writes an info line, with the event's ids."""
+    text = r"""
+print("loading", 1)
+local on = {}
+function on.default(ev, meta)
+  print("from handler", 42, nil, true,
+        setmetatable({}, { __tostring = function() return "obj" end }))
+end
+return on
+"""
+    r = feed_script(ctx, text, '{"type":"t"}',
+                    args=["--log-format", "json"])
+    check(r.returncode == 0 and "from handler" not in r.stdout
+          and "loading" not in r.stdout,
+          "print went to stdout: rc %d out %r" % (r.returncode, r.stdout))
+    recs = log_records(r.stderr, "json")
+    got = [x for x in recs if x["msg"].startswith("from handler")]
+    check(len(got) == 1 and got[0]["msg"] == "from handler\t42\tnil\ttrue\tobj"
+          and got[0]["level"] == "info" and got[0].get("spool_id") == 1
+          and got[0].get("attempt") == 1, "print line: %r" % recs)
+    check(any(x["msg"] == "loading\t1" and "spool_id" not in x
+              for x in recs), "print at load: %r" % recs)
+    r = feed_script(ctx, text, '{"type":"t"}', args=["--log-level", "warn"])
+    check(r.returncode == 0 and "from handler" not in r.stdout + r.stderr,
+          "print below --log-level: %r %r" % (r.stdout, r.stderr))
+
+    # The daemon's workers: the line is a logfmt record like any other.
+    script, d = scripted_daemon(ctx, text.replace("from handler",
+                                                  "from worker"))
+    expect_ok(d.post(fixture("contact_added.json")), "post")
+    check(wait_for(lambda: "from worker" in d.stderr(), 10),
+          "no print output: %r" % d.stderr()[-300:])
+    d.stop()
+    lines = [logfmt_pairs(l) for l in d.stderr().splitlines()
+             if "from worker" in l]
+    check(len(lines) == 1 and lines[0] is not None, "lines %r" % lines)
+    rec = dict(lines[0])
+    check(rec.get("level") == "info" and rec.get("spool_id") and
+          rec.get("attempt") == "1" and
+          rec.get("msg") == "from worker\t42\tnil\ttrue\tobj",
+          "worker print line: %r" % rec)
 
 
 def test_options_from_environment_and_config_file(ctx):
@@ -2231,6 +2499,18 @@ def test_spool_retry_of_unknown_id_fails(ctx):
     check(rc == 1 and "not dead" in err, "retry 999: %d %r" % (rc, err))
 
 
+def test_spool_retry_of_a_repeated_id_counts_it_once(ctx):
+    spool = os.path.join(ctx.dir, "spool.db")
+    d = ctx.daemon(args=["--max-attempts", "1"], spool=spool,
+                   env={"GRWHD_TEST_FAIL_TYPE": "contact_added"})
+    expect_ok(d.post(fixture("contact_added.json")), "one event")
+    check(wait_for(lambda: len(dead_letters(spool)) == 1, 5), "not dead")
+    eid = str(dead_letters(spool)[0]["id"])
+    rc, out, err = grwhd_cli("spool", "--spool", spool, "retry", eid, eid)
+    check(rc == 0 and "re-queued 1 " in out, "retry %s %s: %d %r %r"
+          % (eid, eid, rc, out, err))
+
+
 def test_handler_blocked_in_c_is_reported(ctx):
     """A handler stuck in C (no Lua instructions) is named in the log."""
     script, d = scripted_daemon(ctx, """local on = {}
@@ -2249,6 +2529,35 @@ def dead_letters(spool):
     """The spool's dead events, as `grwhd spool dead --json` lists them."""
     rc, out, _ = grwhd_cli("spool", "--spool", spool, "dead", "--json")
     return json.loads(out) if rc == 0 and out.strip() else []
+
+
+def test_spool_retry_of_many_drains_fast(ctx):
+    """Thousands of re-queued dead events run at the workers' pace.
+
+    They are due at once, so the daemon reads them on as the queues make
+    room instead of one poll's worth a second.
+    """
+    spool = os.path.join(ctx.dir, "spool.db")
+    d = ctx.daemon(args=["--max-attempts", "1"], spool=spool, workers=2,
+                   env={"GRWHD_TEST_FAIL_TYPE": "contact_moved"})
+    base = fixture("contact_moved.json")
+    for r in range(3):
+        evs = [event_with_id(base, "rd-%d-%d" % (r, i)) for i in range(1000)]
+        expect_ok(d.post(evs), "batch %d" % r)
+    check(wait_for(lambda: len(dead_letters(spool)) == 3000, 30),
+          "not all 3000 dead: %d" % len(dead_letters(spool)))
+    d.stop()
+    # The same spool, now with a handler that succeeds.
+    d2 = ctx.daemon(spool=spool, workers=2)
+    t0 = time.monotonic()
+    rc, out, err = grwhd_cli("spool", "--spool", spool, "retry", "--all")
+    check(rc == 0 and "re-queued 3000" in out, "retry: %d %r %r"
+          % (rc, out, err))
+    ok = wait_for(lambda: len([r for r in d2.calls()
+                               if r["cid"].startswith("rd-")]) >= 3000, 30)
+    took = time.monotonic() - t0
+    check(ok, "re-queued events not all handled in 30 s")
+    check(took < 8, "3000 re-queued events took %.1f s to run" % took)
 
 
 def test_spool_retry_keeps_backlog_count(ctx):
@@ -2596,6 +2905,8 @@ TESTS = [
     test_json_round_trip_in_a_handler,
     test_http_request_against_a_local_server,
     test_http_timeout_bounded_by_handler_time,
+    test_http_makes_no_request_once_handler_time_is_spent,
+    test_http_request_checks_its_arguments,
     test_check_warns_and_new_writes_a_starter,
     test_feed_reports_each_outcome,
     test_examples_run,
@@ -2603,6 +2914,8 @@ TESTS = [
     test_readyz_503_while_spool_cannot_write,
     test_tls_reload_keeps_old_connections,
     test_json_log_lines_parse,
+    test_script_log_fields_keep_the_daemons_names,
+    test_print_writes_log_lines,
     test_options_from_environment_and_config_file,
     test_make_install_lays_out_files,
     test_user_drops_root,
@@ -2611,8 +2924,10 @@ TESTS = [
     test_access_line_says_why_and_which_callback,
     test_batch_larger_than_backlog_bound_is_taken_when_idle,
     test_spool_retry_of_unknown_id_fails,
+    test_spool_retry_of_a_repeated_id_counts_it_once,
     test_handler_blocked_in_c_is_reported,
     test_spool_retry_keeps_backlog_count,
+    test_spool_retry_of_many_drains_fast,
     test_slow_headers_are_cut,
     test_idle_keepalive_gets_full_time_for_next_request,
     test_chunked_far_over_max_body_gets_413,
