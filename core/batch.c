@@ -62,9 +62,12 @@ utf8_repair(const char *s, size_t len, size_t *out_len)
 static int
 fail(struct scan *sc, const char *what)
 {
-    if (sc->pos >= sc->len)
-        gerr_set(sc->err, "body is not valid JSON (%s at its end, byte %zu)",
-                 what, sc->len);
+    if (sc->pos >= sc->len && strcmp(what, "unexpected end") == 0)
+        gerr_set(sc->err, "body is not valid JSON (it ends early, after "
+                 "byte %zu)", sc->len);
+    else if (sc->pos >= sc->len)
+        gerr_set(sc->err, "body is not valid JSON (it ends early, after "
+                 "byte %zu: %s)", sc->len, what);
     else
         gerr_set(sc->err, "body is not valid JSON (%s at byte %zu)", what,
                  sc->pos + 1);

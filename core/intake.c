@@ -37,6 +37,7 @@ struct completion {
     char *type;             /* MARK_FAIL: for the log line */
     char *error;
     enum spool_state result;    /* what was recorded */
+    double retry_in;            /* SPOOL_SCHEDULED: seconds to the retry */
     int type_index;             /* for the metrics */
     struct completion *next;
 };
@@ -381,6 +382,8 @@ write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
         if (st == SPOOL_SCHEDULED &&
             (in->next_due == 0 || next_at < in->next_due))
             in->next_due = next_at;
+        if (st == SPOOL_SCHEDULED)
+            c->retry_in = next_at - now;
         c->result = st;
     }
     if (spool_commit(in->spool) == 0) {
@@ -408,6 +411,8 @@ log_failure(const struct completion *c)
     log_int(&l, "spool_id", (long long)c->id);
     log_int(&l, "attempt", c->attempts);
     log_str(&l, "type", c->type);
+    if (retry)
+        log_num(&l, "retry_in_s", c->retry_in);
     log_str(&l, "error", c->error);
     log_end(&l);
 }

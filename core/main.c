@@ -365,9 +365,15 @@ out:
         intake_flush(in);       /* the last outcomes count too */
         left = intake_backlog(in);
         intake_stop(in);
-        if (rc == 0)
-            log_msg_str(LOG_INFO, "stopped", "unhandled",
-                        left > 0 ? "kept in spool" : "none");
+        if (rc == 0) {
+            struct log_line l;
+
+            /* Unhandled events stay in the spool for the next start. */
+            if (log_begin(&l, LOG_INFO, "stopped")) {
+                log_int(&l, "unhandled_in_spool", (long long)left);
+                log_end(&l);
+            }
+        }
     }
     return rc;
 }
@@ -491,8 +497,8 @@ new_script(const struct config *c)
           "-- ev is the event's JSON as a table, meta has id, attempt, "
           "type, ...\n"
           "-- Raising an error fails the attempt; it is retried later.\n"
-          "-- Reference: docs/lua.md.  Try it: grwhd feed --script "
-          "THIS_FILE payload.json\n"
+          "-- Reference: docs/lua.md (installed in share/doc/grwhd).\n"
+          "-- Try it: grwhd feed --script THIS_FILE payload.json\n"
           "local on = {}\n\n", f);
     for (int i = 0; types_known[i]; i++)
         fprintf(f,

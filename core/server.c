@@ -954,11 +954,12 @@ server_start(const struct server_conf *conf, struct gerr *err)
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
                                         NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    errno = 0;
     s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
                               MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (s->mhd == NULL) {
-        gerr_set(err, "cannot listen on %s (in use, or bad TLS files?)",
-                 conf->listen);
+        gerr_set(err, "cannot listen on %s: %s", conf->listen,
+                 errno != 0 ? strerror(errno) : "libmicrohttpd refused");
         goto fail;
     }
     if (pthread_create(&s->watchdog, NULL, watchdog_main, s) != 0) {

@@ -157,8 +157,11 @@ retry(struct spool *s, const struct config *c)
         return -1;
     printf("re-queued %lld dead event%s\n", (long long)n, n == 1 ? "" : "s");
     if (!c->all && (size_t)n < nids) {
-        fprintf(stderr, "grwhd: %zu of the ids given are not dead events "
-                        "(see grwhd spool dead)\n", nids - (size_t)n);
+        size_t miss = nids - (size_t)n;
+
+        fprintf(stderr, "grwhd: %zu of the ids given %s not a dead event "
+                        "(see grwhd spool dead)\n", miss,
+                miss == 1 ? "is" : "are");
         return 1;
     }
     return 0;

@@ -1,10 +1,12 @@
 /* tls.c - the certificate and key the listener presents, reloadable. */
 #include "tls.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
@@ -72,6 +74,13 @@ tls_load(const char *cert_path, const char *key_path, struct gerr *err)
     struct pair *p = xcalloc(1, sizeof(*p)), *old;
     int rc;
 
+    /* GnuTLS says only "Error while reading file": say why first. */
+    if (access(cert_path, R_OK) != 0 || access(key_path, R_OK) != 0) {
+        const char *bad = access(cert_path, R_OK) != 0 ? cert_path : key_path;
+
+        gerr_set(err, "%s: %s", bad, strerror(errno));
+        goto fail;
+    }
     if ((rc = gnutls_load_file(cert_path, &cert)) < 0) {
         gerr_set(err, "%s: %s", cert_path, gnutls_strerror(rc));
         goto fail;

@@ -273,19 +273,19 @@ static const struct {
     {"hello", "body is not valid JSON (unexpected character at byte 1)"},
     {"", "body is empty"},
     {" \r\n", "body is empty"},
-    {"{", "body is not valid JSON (expected a member name at its end, "
-          "byte 1)"},
-    {"{\"type\":\"a\"", "body is not valid JSON (expected ',' or '}' at its "
-                        "end, byte 11)"},
-    {"[{}", "body is not valid JSON (expected ',' or ']' at its end, byte "
-             "3)"},
+    {"{", "body is not valid JSON (it ends early, after byte 1: expected "
+          "a member name)"},
+    {"{\"type\":\"a\"", "body is not valid JSON (it ends early, after byte "
+                        "11: expected ',' or '}')"},
+    {"[{}", "body is not valid JSON (it ends early, after byte 3: "
+             "expected ',' or ']')"},
     {"[{},]", "element 2 is not an object"},
-    {"[{},", "body is not valid JSON (unterminated array at its end, byte "
-            "4)"},
+    {"[{},", "body is not valid JSON (it ends early, after byte 4: "
+            "unterminated array)"},
     {"{\"a\":tru}", "body is not valid JSON (unexpected character at byte "
                     "6)"},
-    {"{\"a\":\"b}", "body is not valid JSON (unterminated string at its "
-                    "end, byte 8)"},
+    {"{\"a\":\"b}", "body is not valid JSON (it ends early, after byte 8: "
+                    "unterminated string)"},
     {"{\"a\":01}", "body is not valid JSON (leading zero at byte 7)"},
     {"{\"a\":\"\\x\"}", "body is not valid JSON (bad escape at byte 7)"},
     {"{} x", "body is not valid JSON (data after the value at byte 4)"},

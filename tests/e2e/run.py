@@ -2502,7 +2502,8 @@ def test_spool_retry_of_unknown_id_fails(ctx):
     expect_ok(d.post(fixture("contact_added.json")), "one event")
     d.wait_calls(1)
     rc, out, err = grwhd_cli("spool", "--spool", spool, "retry", "999")
-    check(rc == 1 and "not dead" in err, "retry 999: %d %r" % (rc, err))
+    check(rc == 1 and "not a dead event" in err, "retry 999: %d %r"
+          % (rc, err))
 
 
 def test_spool_retry_of_a_repeated_id_counts_it_once(ctx):
