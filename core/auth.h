@@ -28,6 +28,8 @@ int auth_add(struct auth *a, const char *secret, size_t len,
 int auth_add_file(struct auth *a, const char *path, struct gerr *err);
 /* True when no secret is configured: every request is let in. */
 bool auth_open(const struct auth *a);
+/* Whether a and b hold the same secrets in the same order. */
+bool auth_same(const struct auth *a, const struct auth *b);
 /* Whether given matches any secret; time does not depend on which. */
 bool auth_check(const struct auth *a, const char *given, size_t len);
 

@@ -33,8 +33,8 @@
 /* How long shutdown waits for requests whose events are being stored. */
 #define GRWHD_DRAIN_SECONDS 5.0
 /* XXX(secret-retire): secret sets replaced by SIGHUP are kept until exit
- * (a request may still read one); past this many reloads a restart is
- * needed to reload the secret file. */
+ * (a request may still read one); past this many changes of the secret
+ * file a restart is needed to take the next one. */
 #define GRWHD_RELOADS_KEPT 64
 /* How often the script's folder is looked at for changes. */
 #define GRWHD_WATCH_TICK_NS (500L * 1000 * 1000)
@@ -319,15 +319,19 @@ serve(struct config *c)
             reload(c, &lc, d, "SIGHUP");
             watched = seen = watch_fingerprint(c->script);
             reload_tls(c);
-            if (c->secret_file != NULL && nretired == GRWHD_RELOADS_KEPT)
-                log_msg(LOG_WARN, "too many reloads: restart to reload "
-                                  "the secret file");
-            else if (c->secret_file != NULL) {
+            if (c->secret_file != NULL) {
                 struct auth *fresh = xcalloc(1, sizeof(*fresh));
 
                 if (load_secrets(c, fresh, &err) != 0) {
                     log_msg_str(LOG_ERROR, "secret reload failed, old "
                                 "secrets kept", "error", err.msg);
+                    free(fresh);
+                } else if (auth_same(fresh, auth)) {
+                    /* Only a change uses up one of the kept sets. */
+                    free(fresh);
+                } else if (nretired == GRWHD_RELOADS_KEPT) {
+                    log_msg(LOG_WARN, "too many secret changes: restart "
+                                      "to use the new secret file");
                     free(fresh);
                 } else {
                     retired[nretired++] =

@@ -247,6 +247,24 @@ START_TEST(auth_file_without_a_secret_is_an_error)
 }
 END_TEST
 
+START_TEST(auth_same_compares_the_sets)
+{
+    struct auth b;
+
+    add("one");
+    add("two");
+    auth_init(&b);
+    ck_assert(auth_add(&b, "one", 3, &err) == 0);
+    ck_assert(!auth_same(&a, &b));
+    ck_assert(auth_add(&b, "two", 3, &err) == 0);
+    ck_assert(auth_same(&a, &b));
+    auth_init(&b);
+    ck_assert(auth_add(&b, "one", 3, &err) == 0);
+    ck_assert(auth_add(&b, "tw0", 3, &err) == 0);
+    ck_assert(!auth_same(&a, &b));
+}
+END_TEST
+
 Suite *
 auth_suite(void)
 {
@@ -269,6 +287,7 @@ auth_suite(void)
     tcase_add_test(tc, auth_file_names_line_of_secret_past_max);
     tcase_add_test(tc, auth_file_missing_is_an_error);
     tcase_add_test(tc, auth_file_without_a_secret_is_an_error);
+    tcase_add_test(tc, auth_same_compares_the_sets);
     suite_add_tcase(s, tc);
     return s;
 }

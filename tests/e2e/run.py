@@ -513,6 +513,30 @@ def test_emptied_secret_file_keeps_old_secrets(ctx):
     d.wait_calls(1)
 
 
+def test_many_reloads_still_take_a_new_secret(ctx):
+    """Reloads that leave the secret file as it was use up nothing."""
+    path = os.path.join(ctx.dir, "secrets.txt")
+    s1, s2 = "Fm" + secrets.token_hex(8), "Fn" + secrets.token_hex(8)
+    with open(path, "w") as f:
+        f.write(s1 + "\n")
+    d = ctx.daemon(args=["--secret-file", path], secret=False, workers=1)
+    for i in range(70):
+        d.proc.send_signal(signal.SIGHUP)
+        check(wait_for(lambda: d.stderr().count("why=SIGHUP") > i, 5),
+              "reload %d not logged" % (i + 1))
+    with open(path, "w") as f:
+        f.write(s2 + "\n")
+    d.proc.send_signal(signal.SIGHUP)
+    check(wait_for(lambda: "secrets reloaded" in d.stderr(), 5),
+          "the changed file was not taken after 70 reloads: %r"
+          % d.stderr()[-300:])
+    ev = event_with_id(fixture("contact_added.json"), "many-1")
+    expect_ok(d.post(ev, url=d.url(secret=s2)), "the new secret")
+    st, h, b = d.post(ev, url=d.url(secret=s1))
+    expect_json_error(st, h, b, 403, "the old secret after the change")
+    d.wait_calls(1)
+
+
 def test_secret_env(ctx):
     s = "Ev" + secrets.token_hex(8)
     d = ctx.daemon(env={"GRWHD_SECRET": s}, secret=False)
@@ -2869,6 +2893,7 @@ TESTS = [
     test_secret_param_and_path,
     test_secret_file_two_lines,
     test_emptied_secret_file_keeps_old_secrets,
+    test_many_reloads_still_take_a_new_secret,
     test_secret_env,
     test_legacy_callback,
     test_deep_nesting_is_refused_not_fatal,
