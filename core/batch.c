@@ -62,10 +62,7 @@ utf8_repair(const char *s, size_t len, size_t *out_len)
 static int
 fail(struct scan *sc, const char *what)
 {
-    if (sc->pos >= sc->len && strcmp(what, "unexpected end") == 0)
-        gerr_set(sc->err, "body is not valid JSON (it ends early, after "
-                 "byte %zu)", sc->len);
-    else if (sc->pos >= sc->len)
+    if (sc->pos >= sc->len)
         gerr_set(sc->err, "body is not valid JSON (it ends early, after "
                  "byte %zu: %s)", sc->len, what);
     else
@@ -205,6 +202,26 @@ key_is(const struct scan *sc, size_t at, size_t n, const char *name)
     return n == strlen(name) && memcmp(sc->out + at, name, n) == 0;
 }
 
+/*
+ * After a member or an element: a ',' (returns 1, another follows) or the
+ * closing bracket (returns 0), either copied to the compact text; else
+ * fails (-1).
+ */
+static int
+after_item(struct scan *sc, char close)
+{
+    skip_ws(sc);
+    if (sc->pos < sc->len &&
+        (sc->s[sc->pos] == ',' || sc->s[sc->pos] == close)) {
+        char c = sc->s[sc->pos++];
+
+        sc->out[sc->o++] = c;
+        return c == ',';
+    }
+    return fail(sc, close == '}' ? "expected ',' or '}'"
+                                 : "expected ',' or ']'");
+}
+
 static int
 scan_object(struct scan *sc, int depth, enum want want)
 {
@@ -219,6 +236,7 @@ scan_object(struct scan *sc, int depth, enum want want)
     for (;;) {
         size_t kat, kn;
         enum want sub = WANT_NONE;
+        int rc;
         bool is_type = false, is_cid = false;
 
         skip_ws(sc);
@@ -257,18 +275,8 @@ scan_object(struct scan *sc, int depth, enum want want)
         } else if (scan_value(sc, depth, sub) != 0) {
             return -1;
         }
-        skip_ws(sc);
-        if (sc->pos < sc->len && sc->s[sc->pos] == ',') {
-            sc->out[sc->o++] = ',';
-            sc->pos++;
-            continue;
-        }
-        if (sc->pos < sc->len && sc->s[sc->pos] == '}') {
-            sc->out[sc->o++] = '}';
-            sc->pos++;
-            return 0;
-        }
-        return fail(sc, "expected ',' or '}'");
+        if ((rc = after_item(sc, '}')) != 1)
+            return rc;
     }
 }
 
@@ -284,20 +292,12 @@ scan_array(struct scan *sc, int depth)
         return 0;
     }
     for (;;) {
+        int rc;
+
         if (scan_value(sc, depth, WANT_NONE) != 0)
             return -1;
-        skip_ws(sc);
-        if (sc->pos < sc->len && sc->s[sc->pos] == ',') {
-            sc->out[sc->o++] = ',';
-            sc->pos++;
-            continue;
-        }
-        if (sc->pos < sc->len && sc->s[sc->pos] == ']') {
-            sc->out[sc->o++] = ']';
-            sc->pos++;
-            return 0;
-        }
-        return fail(sc, "expected ',' or ']'");
+        if ((rc = after_item(sc, ']')) != 1)
+            return rc;
     }
 }
 
@@ -308,7 +308,7 @@ scan_value(struct scan *sc, int depth, enum want want)
 
     skip_ws(sc);
     if (sc->pos >= sc->len)
-        return fail(sc, "unexpected end");
+        return fail(sc, "expected a value");
     switch (sc->s[sc->pos]) {
     case '{':
     case '[':

@@ -234,6 +234,7 @@ serve(struct config *c)
             .secret_param = c->secret_param,
             .auth = auth,
             .max_body = (size_t)c->max_body,
+            .dedupe = c->dedupe_window > 0,
             .threads = c->workers > 4 ? 4 : (unsigned)c->workers,
             .max_conns = (unsigned)c->max_conns,
             .max_conns_per_ip = (unsigned)c->max_conns_per_ip,

@@ -144,6 +144,18 @@ out_printf(struct out *o, const char *fmt, ...)
     o->len += (size_t)n;
 }
 
+/* A reload counter: [0] counts successes, [1] failures. */
+static void
+render_reloads(struct out *o, const char *name, const char *help,
+               atomic_uint_fast64_t n[2])
+{
+    out_printf(o, "# HELP %s %s, by result.\n# TYPE %s counter\n"
+                  "%s{result=\"ok\"} %llu\n%s{result=\"error\"} %llu\n",
+               name, help, name, name,
+               (unsigned long long)atomic_load(&n[0]), name,
+               (unsigned long long)atomic_load(&n[1]));
+}
+
 static void
 render_histogram(struct out *o, const char *name, const char *help,
                  struct histogram *h)
@@ -217,18 +229,10 @@ metrics_render(const struct metrics_gauges *g, size_t *len)
                      "From a request's headers to its 200.", &ack);
     render_histogram(&o, "grwhd_handler_latency_seconds",
                      "Duration of one handler call.", &handler);
-    out_printf(&o, "# HELP grwhd_script_reloads_total Script reloads, by "
-                   "result.\n# TYPE grwhd_script_reloads_total counter\n"
-                   "grwhd_script_reloads_total{result=\"ok\"} %llu\n"
-                   "grwhd_script_reloads_total{result=\"error\"} %llu\n",
-               (unsigned long long)atomic_load(&script_reloads[0]),
-               (unsigned long long)atomic_load(&script_reloads[1]));
-    out_printf(&o, "# HELP grwhd_tls_reloads_total TLS certificate reloads, "
-                   "by result.\n# TYPE grwhd_tls_reloads_total counter\n"
-                   "grwhd_tls_reloads_total{result=\"ok\"} %llu\n"
-                   "grwhd_tls_reloads_total{result=\"error\"} %llu\n",
-               (unsigned long long)atomic_load(&tls_reloads[0]),
-               (unsigned long long)atomic_load(&tls_reloads[1]));
+    render_reloads(&o, "grwhd_script_reloads_total", "Script reloads",
+                   script_reloads);
+    render_reloads(&o, "grwhd_tls_reloads_total", "TLS certificate reloads",
+                   tls_reloads);
     *len = o.len;
     return o.buf;
 }

@@ -462,6 +462,17 @@ wake(struct server *srv, struct req *r, int stage)
     pthread_mutex_unlock(&srv->wait_mu);
 }
 
+/* With wait_mu held: r stops waiting for the spool and will hear 503. */
+static void
+answer_late(struct server *srv, struct req *r)
+{
+    int expect = REQ_WAITING;
+
+    wait_unlink(srv, r);
+    if (atomic_compare_exchange_strong(&r->stage, &expect, REQ_LATE))
+        MHD_resume_connection(r->conn);
+}
+
 /* Runs on the intake thread: the events are stored (or not). */
 static void
 on_stored(struct intake_job *job)
@@ -570,15 +581,8 @@ watchdog_main(void *arg)
             cut_slow(srv);
 
         pthread_mutex_lock(&srv->wait_mu);
-        while (srv->wait_head != NULL && srv->wait_head->t0 < late) {
-            struct req *r = srv->wait_head;
-            int expect = REQ_WAITING;
-
-            wait_unlink(srv, r);
-            if (atomic_compare_exchange_strong(&r->stage, &expect,
-                                               REQ_LATE))
-                MHD_resume_connection(r->conn);
-        }
+        while (srv->wait_head != NULL && srv->wait_head->t0 < late)
+            answer_late(srv, srv->wait_head);
         pthread_mutex_unlock(&srv->wait_mu);
         usleep(GRWHD_WATCHDOG_TICK_US);
     }
@@ -612,7 +616,7 @@ event_from(const struct req *r, const struct batch_event *bev, size_t index,
      * ones can be identical (the time they carry is whole seconds): only
      * a delivery id makes it a repeat.
      */
-    if (!r->legacy || r->webhook_id != NULL)
+    if (r->srv->conf.dedupe && (!r->legacy || r->webhook_id != NULL))
         ev->has_key = dedupe_key(r->webhook_id, (int)index, ev->json,
                                  ev->len, ev->key) == 0;
     return ev;
@@ -1009,14 +1013,8 @@ server_stop(struct server *s, double wait_s)
         usleep(10 * 1000);
     /* Past the bound, the ones still waiting for the spool hear 503. */
     pthread_mutex_lock(&s->wait_mu);
-    while (s->wait_head != NULL) {
-        struct req *r = s->wait_head;
-        int expect = REQ_WAITING;
-
-        wait_unlink(s, r);
-        if (atomic_compare_exchange_strong(&r->stage, &expect, REQ_LATE))
-            MHD_resume_connection(r->conn);
-    }
+    while (s->wait_head != NULL)
+        answer_late(s, s->wait_head);
     pthread_mutex_unlock(&s->wait_mu);
     until = util_mono() + GRWHD_RESUME_WAIT;
     while (atomic_load(&s->suspended) > 0 && util_mono() < until)

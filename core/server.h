@@ -2,6 +2,7 @@
 #ifndef GRWHD_SERVER_H
 #define GRWHD_SERVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "auth.h"
@@ -24,6 +25,7 @@ struct server_conf {
      * arrive in full (from the connection's start or its last answer). */
     unsigned conn_timeout;
     struct intake *intake;
+    bool dedupe;                /* delivery keys are wanted (a window set) */
 };
 
 struct server;
