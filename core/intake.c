@@ -523,20 +523,10 @@ intake_main(void *arg)
             j->result = rc == 0 ? INTAKE_STORED : INTAKE_FAILED;
             if (rc == 0)
                 stored += (int64_t)(j->n - j->duplicates);
-            for (size_t k = 0; rc == 0 && k < j->duplicates; k++)
-                metrics_duplicate();
         }
-        for (struct completion *c = cs; rc == 0 && c; c = c->next) {
+        for (struct completion *c = cs; rc == 0 && c; c = c->next)
             if (c->result == SPOOL_DONE || c->result == SPOOL_DEAD)
                 finished++;
-            if (c->kind == MARK_FAIL)
-                log_failure(c);
-            if (c->kind != MARK_START)
-                metrics_handled(c->type_index,
-                                c->result == SPOOL_DONE    ? METRICS_OK
-                                : c->result == SPOOL_DEAD ? METRICS_DEAD
-                                                          : METRICS_RETRY);
-        }
 
         pthread_mutex_lock(&in->mu);
         if (jobs || cs)
@@ -548,6 +538,23 @@ intake_main(void *arg)
             cs = NULL;
         }
         pthread_mutex_unlock(&in->mu);
+
+        /*
+         * Counters move only after the backlog does, so a scrape that
+         * sees an outcome also sees the backlog without that event.
+         */
+        for (struct intake_job *j = jobs; rc == 0 && j; j = j->next)
+            for (size_t k = 0; k < j->duplicates; k++)
+                metrics_duplicate();
+        for (struct completion *c = cs; c; c = c->next) {
+            if (c->kind == MARK_FAIL)
+                log_failure(c);
+            if (c->kind != MARK_START)
+                metrics_handled(c->type_index,
+                                c->result == SPOOL_DONE    ? METRICS_OK
+                                : c->result == SPOOL_DEAD ? METRICS_DEAD
+                                                          : METRICS_RETRY);
+        }
 
         for (struct intake_job *j = jobs; j; j = next) {
             next = j->next;
