@@ -32,10 +32,6 @@
 #define GRWHD_FEED_MAX (64L << 20)
 /* How long shutdown waits for requests whose events are being stored. */
 #define GRWHD_DRAIN_SECONDS 5.0
-/* XXX(secret-retire): secret sets replaced by SIGHUP are kept until exit
- * (a request may still read one); past this many changes of the secret
- * file a restart is needed to take the next one. */
-#define GRWHD_RELOADS_KEPT 64
 /* How often the script's folder is looked at for changes. */
 #define GRWHD_WATCH_TICK_NS (500L * 1000 * 1000)
 /* Beyond --handler-timeout, how long shutdown waits for a handler. */
@@ -172,8 +168,6 @@ serve(struct config *c)
 {
     struct gerr err = {{0}};
     struct auth *auth = xcalloc(1, sizeof(*auth));
-    struct auth *retired[GRWHD_RELOADS_KEPT] = {NULL};
-    size_t nretired = 0;
     struct lrt_conf lc = lua_conf(c);
     struct spool *sp;
     struct intake *in = NULL;
@@ -321,23 +315,14 @@ serve(struct config *c)
             watched = seen = watch_fingerprint(c->script);
             reload_tls(c);
             if (c->secret_file != NULL) {
-                struct auth *fresh = xcalloc(1, sizeof(*fresh));
+                struct auth fresh;
 
-                if (load_secrets(c, fresh, &err) != 0) {
+                if (load_secrets(c, &fresh, &err) != 0) {
                     log_msg_str(LOG_ERROR, "secret reload failed, old "
                                 "secrets kept", "error", err.msg);
-                    free(fresh);
-                } else if (auth_same(fresh, auth)) {
-                    /* Only a change uses up one of the kept sets. */
-                    free(fresh);
-                } else if (nretired == GRWHD_RELOADS_KEPT) {
-                    log_msg(LOG_WARN, "too many secret changes: restart "
-                                      "to use the new secret file");
-                    free(fresh);
-                } else {
-                    retired[nretired++] =
-                        (struct auth *)server_set_auth(srv, fresh);
-                    auth = fresh;
+                } else if (!auth_same(&fresh, auth)) {
+                    server_set_auth(srv, &fresh);
+                    *auth = fresh;
                     log_msg(LOG_INFO, "secrets reloaded");
                 }
             }
@@ -362,8 +347,6 @@ out:
     }
     tls_cleanup();
     free(auth);
-    for (size_t i = 0; i < nretired; i++)
-        free(retired[i]);
     {
         int64_t left;
 

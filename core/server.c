@@ -76,7 +76,9 @@ struct conn {
 
 struct server {
     struct server_conf conf;
-    _Atomic(const struct auth *) auth;     /* swapped by server_set_auth */
+    /* Secrets are replaced on reload while requests read them. */
+    pthread_rwlock_t auth_lock;
+    struct auth auth;
     struct MHD_Daemon *mhd;
     struct MHD_Response *r_ok, *r_403, *r_404, *r_405, *r_413, *r_503;
     /* Requests suspended on the intake, oldest first; the watchdog
@@ -368,11 +370,9 @@ static enum MHD_Result
 on_headers(struct req *r, const char *url, const char *method)
 {
     struct server *srv = r->srv;
-    const struct auth *auth;
-    const char *given, *cl;
+    const char *given = NULL, *cl;
     size_t given_len = 0;
-
-    bool legacy;
+    bool legacy, let_in;
 
     if (atomic_load(&srv->draining))
         return reply(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_draining);
@@ -383,16 +383,17 @@ on_headers(struct req *r, const char *url, const char *method)
                                          "action") != NULL;
     if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 && !legacy)
         return reply(r, MHD_HTTP_METHOD_NOT_ALLOWED, srv->r_405);
-    auth = atomic_load(&srv->auth);
-    if (!auth_open(auth)) {
+    if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND,
+                                      srv->conf.secret_param,
+                                      strlen(srv->conf.secret_param),
+                                      &given, &given_len) != MHD_YES)
         given = NULL;
-        if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND,
-                                          srv->conf.secret_param,
-                                          strlen(srv->conf.secret_param),
-                                          &given, &given_len) != MHD_YES ||
-            !auth_check(auth, given, given_len))
-            return reply(r, MHD_HTTP_FORBIDDEN, srv->r_403);
-    }
+    pthread_rwlock_rdlock(&srv->auth_lock);
+    let_in = auth_open(&srv->auth) ||
+             (given != NULL && auth_check(&srv->auth, given, given_len));
+    pthread_rwlock_unlock(&srv->auth_lock);
+    if (!let_in)
+        return reply(r, MHD_HTTP_FORBIDDEN, srv->r_403);
     cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl != NULL && strtoull(cl, NULL, 10) > srv->conf.max_body)
@@ -911,7 +912,9 @@ server_start(const struct server_conf *conf, struct gerr *err)
     int n = 0;
 
     s->conf = *conf;
-    atomic_init(&s->auth, conf->auth);
+    s->conf.auth = NULL;
+    s->auth = *conf->auth;
+    pthread_rwlock_init(&s->auth_lock, NULL);
     pthread_mutex_init(&s->wait_mu, NULL);
     pthread_mutex_init(&s->conn_mu, NULL);
     atomic_init(&s->stopping, false);
@@ -979,10 +982,12 @@ fail:
     return NULL;
 }
 
-const struct auth *
+void
 server_set_auth(struct server *s, const struct auth *a)
 {
-    return atomic_exchange(&s->auth, a);
+    pthread_rwlock_wrlock(&s->auth_lock);
+    s->auth = *a;
+    pthread_rwlock_unlock(&s->auth_lock);
 }
 
 unsigned
@@ -1045,6 +1050,7 @@ server_free(struct server *s)
         return;     /* its threads may still use it; the process ends */
     pthread_mutex_destroy(&s->wait_mu);
     pthread_mutex_destroy(&s->conn_mu);
+    pthread_rwlock_destroy(&s->auth_lock);
     free_responses(s);
     free(s);
 }

@@ -16,7 +16,7 @@ struct server_conf {
     const char *tls_key;
     const char *path;           /* NULL: any path is the webhook */
     const char *secret_param;
-    const struct auth *auth;    /* see server_set_auth */
+    const struct auth *auth;    /* copied */
     size_t max_body;
     unsigned threads;           /* polling threads */
     unsigned max_conns;
@@ -39,12 +39,8 @@ struct server *server_start(const struct server_conf *conf, struct gerr *err);
  */
 void server_stop(struct server *s, double wait_s);
 void server_free(struct server *s);
-/*
- * Makes a the secrets that requests are checked against from now on, and
- * returns the previous set, which a request may still be reading: free it
- * only once the listener has stopped.
- */
-const struct auth *server_set_auth(struct server *s, const struct auth *a);
+/* Checks requests against a copy of a from now on; a is not kept. */
+void server_set_auth(struct server *s, const struct auth *a);
 /* Open connections of the webhook listener. */
 unsigned server_connections(struct server *s);
 
