@@ -32,7 +32,7 @@ CORE_SRC = core/util.c core/log.c core/auth.c core/batch.c core/spool.c \
 MAIN_SRC = core/main.c
 TEST_SRC = tests/check_main.c tests/check_auth.c tests/check_batch.c \
            tests/check_convert.c tests/check_spool.c tests/check_log.c \
-           tests/check_config.c tests/check_delivery.c
+           tests/check_config.c tests/check_delivery.c tests/check_tls.c
 
 CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ = $(MAIN_SRC:%.c=$(BUILD)/%.o)

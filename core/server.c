@@ -538,6 +538,8 @@ on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
     if (c->next)
         c->next->prev = c->prev;
     pthread_mutex_unlock(&srv->conn_mu);
+    if (srv->conf.tls_cert != NULL)
+        tls_release(c->fd);
     free(c);
     *socket_context = NULL;
 }

@@ -3,7 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,21 +14,27 @@
 /* Certificates in one chain file. */
 #define TLS_CHAIN_MAX 16
 
+/* Descriptors above this are not tracked (see retrieve). */
+#define TLS_FD_MAX (1 << 20)
+
 struct pair {
     gnutls_pcert_st pcert[TLS_CHAIN_MAX];
     unsigned n;
     gnutls_privkey_t key;
-    struct pair *older;
+    unsigned refs;      /* connections that took it, +1 while current */
 };
 
 /*
- * The handshake callback takes no argument of ours, hence a global.
- * XXX(tls-retire): a replaced pair is freed only at exit, since nothing
- * tells when the last handshake using it is over; a few KiB per reload.
+ * GnuTLS keeps pointers to the pair a handshake took until the session
+ * ends, so a replaced pair lives on until the last connection that took
+ * it closes.  The handshake callback sees only the session, whose
+ * transport is the socket, hence the table by descriptor and the globals.
  */
-static _Atomic(struct pair *) current;
-static pthread_mutex_t retired_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct pair *retired;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static struct pair *current;
+static struct pair **held;      /* by socket: the pair its session took */
+static size_t nheld;
+static unsigned alive;
 
 static void
 pair_free(struct pair *p)
@@ -38,6 +44,16 @@ pair_free(struct pair *p)
     if (p->key)
         gnutls_privkey_deinit(p->key);
     free(p);
+}
+
+/* Called with mu held. */
+static void
+unref(struct pair *p)
+{
+    if (--p->refs == 0) {
+        pair_free(p);
+        alive--;
+    }
 }
 
 /* GnuTLS checks that the key belongs to the first certificate here. */
@@ -109,13 +125,14 @@ tls_load(const char *cert_path, const char *key_path, struct gerr *err)
     gnutls_free(cert.data);
     gnutls_memset(key.data, 0, key.size);
     gnutls_free(key.data);
-    old = atomic_exchange(&current, p);
-    if (old != NULL) {
-        pthread_mutex_lock(&retired_mu);
-        old->older = retired;
-        retired = old;
-        pthread_mutex_unlock(&retired_mu);
-    }
+    p->refs = 1;
+    pthread_mutex_lock(&mu);
+    old = current;
+    current = p;
+    alive++;
+    if (old != NULL)
+        unref(old);
+    pthread_mutex_unlock(&mu);
     return 0;
 fail:
     gnutls_free(cert.data);
@@ -127,20 +144,58 @@ fail:
     return -1;
 }
 
+/* Called with mu held.  Records that the session on fd took p. */
+static bool
+hold(int fd, struct pair *p)
+{
+    if ((size_t)fd >= nheld) {
+        size_t n = nheld ? nheld : 64;
+        struct pair **grown;
+
+        while (n <= (size_t)fd)
+            n *= 2;
+        grown = realloc(held, n * sizeof(*held));
+        if (grown == NULL)
+            return false;
+        memset(grown + nheld, 0, (n - nheld) * sizeof(*held));
+        held = grown;
+        nheld = n;
+    }
+    /* A second handshake on one session (a renegotiation) moves on. */
+    if (held[fd] != NULL)
+        unref(held[fd]);
+    held[fd] = p;
+    p->refs++;
+    return true;
+}
+
 static int
 retrieve(gnutls_session_t session, const gnutls_datum_t *req_ca_dn,
          int nreqs, const gnutls_pk_algorithm_t *algos, int nalgos,
          gnutls_pcert_st **pcert, unsigned int *pcert_length,
          gnutls_privkey_t *pkey)
 {
-    struct pair *p = atomic_load(&current);
+    int fd = gnutls_transport_get_int(session);
+    struct pair *p;
+    bool ok = true;
 
-    (void)session;
     (void)req_ca_dn;
     (void)nreqs;
     (void)algos;
     (void)nalgos;
-    if (p == NULL)
+    pthread_mutex_lock(&mu);
+    p = current;
+    if (p != NULL && fd >= 0 && fd < TLS_FD_MAX) {
+        ok = hold(fd, p);
+    } else if (p != NULL) {
+        /*
+         * A transport that is not a descriptor cannot be released on
+         * close: the pair stays for good rather than be freed too soon.
+         */
+        p->refs++;
+    }
+    pthread_mutex_unlock(&mu);
+    if (p == NULL || !ok)
         return -1;
     *pcert = p->pcert;
     *pcert_length = p->n;
@@ -155,17 +210,40 @@ tls_callback(void)
 }
 
 void
+tls_release(int fd)
+{
+    pthread_mutex_lock(&mu);
+    if (fd >= 0 && (size_t)fd < nheld && held[fd] != NULL) {
+        unref(held[fd]);
+        held[fd] = NULL;
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+unsigned
+tls_pairs(void)
+{
+    unsigned n;
+
+    pthread_mutex_lock(&mu);
+    n = alive;
+    pthread_mutex_unlock(&mu);
+    return n;
+}
+
+void
 tls_cleanup(void)
 {
-    struct pair *p = atomic_exchange(&current, NULL);
-
-    if (p != NULL)
-        pair_free(p);
-    pthread_mutex_lock(&retired_mu);
-    while (retired != NULL) {
-        p = retired;
-        retired = p->older;
-        pair_free(p);
-    }
-    pthread_mutex_unlock(&retired_mu);
+    pthread_mutex_lock(&mu);
+    if (current != NULL)
+        unref(current);
+    current = NULL;
+    for (size_t i = 0; i < nheld; i++)
+        if (held[i] != NULL)
+            unref(held[i]);
+    free(held);
+    held = NULL;
+    nheld = 0;
+    /* Pairs of sessions that were never released go with the process. */
+    pthread_mutex_unlock(&mu);
 }

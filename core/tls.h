@@ -18,7 +18,16 @@ int tls_load(const char *cert_path, const char *key_path, struct gerr *err);
  */
 void *tls_callback(void);
 
-/* Frees every pair loaded; only once no listener uses them. */
+/*
+ * The connection on socket fd has closed: its session no longer needs the
+ * pair its handshake took, which is freed if it has been replaced.
+ */
+void tls_release(int fd);
+
+/* Pairs in memory: the current one and replaced ones still in use. */
+unsigned tls_pairs(void);
+
+/* Frees the pairs; only once no listener uses them. */
 void tls_cleanup(void);
 
 #endif

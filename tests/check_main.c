@@ -152,6 +152,7 @@ main(void)
     srunner_add_suite(sr, log_suite());
     srunner_add_suite(sr, config_suite());
     srunner_add_suite(sr, delivery_suite());
+    srunner_add_suite(sr, tls_suite());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

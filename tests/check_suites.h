@@ -14,6 +14,7 @@ Suite *spool_suite(void);
 Suite *log_suite(void);
 Suite *config_suite(void);
 Suite *delivery_suite(void);
+Suite *tls_suite(void);
 
 /*
  * A fresh directory under $TMPDIR (or /tmp); the caller frees the name

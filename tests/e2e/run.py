@@ -2228,6 +2228,39 @@ def test_tls_reload_keeps_old_connections(ctx):
               l for l in d.stderr().splitlines() if "TLS reload" in l])
     check(peer_cn(d.port) == "pairB", "the good pair stays after a bad one")
     old.close()
+    # Handshakes under way while pairs are replaced, and connections that
+    # close afterwards, must find every pair they took still there.
+    stop = threading.Event()
+    statuses = []
+
+    def handshakes():
+        while not stop.is_set():
+            c = http.client.HTTPSConnection("127.0.0.1", d.port,
+                                            context=insecure, timeout=10)
+            statuses.append(d.post(event_with_id(ev, "tls-r%d"
+                                                 % len(statuses)),
+                                   conn=c)[0])
+            c.close()
+
+    t = threading.Thread(target=handshakes)
+    t.start()
+    try:
+        for i in range(20):
+            pair = (a_cert, a_key) if i % 2 == 0 else (b_cert, b_key)
+            shutil.copy(pair[0], cert)
+            shutil.copy(pair[1], key)
+            d.proc.send_signal(signal.SIGHUP)
+            check(wait_for(lambda: d.stderr().count(
+                "TLS certificate reloaded") > i + 1, 5),
+                "reload %d not logged" % (i + 2))
+    finally:
+        stop.set()
+        t.join()
+    check(len(statuses) >= 10 and set(statuses) == {200},
+          "%d requests during reloads: %r" % (len(statuses),
+                                               sorted(set(statuses))))
+    check(d.proc.poll() is None, "the daemon died during reloads")
+    check(peer_cn(d.port) == "pairB", "the last pair loaded is served")
 
 
 def test_json_log_lines_parse(ctx):
