@@ -12,6 +12,7 @@
 #include "metrics.h"
 #include "server.h"
 #include "spool.h"
+#include "tls.h"
 
 struct admin {
     struct admin_conf conf;
@@ -88,6 +89,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
             .backlog = intake_backlog(a->conf.intake),
             .dead = dead_count(a),
             .connections = server_connections(*a->conf.server),
+            .tls_pairs = tls_pairs(),
         };
         size_t len;
         char *text = metrics_render(&g, &len);

@@ -225,6 +225,12 @@ metrics_render(const struct metrics_gauges *g, size_t *len)
     out_printf(&o, "# HELP grwhd_open_connections Open webhook "
                    "connections.\n# TYPE grwhd_open_connections gauge\n"
                    "grwhd_open_connections %u\n", g->connections);
+    if (g->tls_pairs > 0)
+        out_printf(&o, "# HELP grwhd_tls_pairs TLS certificate pairs in "
+                       "memory: the current one and replaced ones open "
+                       "connections still use.\n"
+                       "# TYPE grwhd_tls_pairs gauge\n"
+                       "grwhd_tls_pairs %u\n", g->tls_pairs);
     render_histogram(&o, "grwhd_ack_latency_seconds",
                      "From a request's headers to its 200.", &ack);
     render_histogram(&o, "grwhd_handler_latency_seconds",

@@ -33,6 +33,7 @@ struct metrics_gauges {
     int64_t backlog;
     int64_t dead;           /* -1 when unknown */
     unsigned connections;
+    unsigned tls_pairs;     /* 0 without TLS: not shown */
 };
 
 /* Appends the text exposition to a malloc'd buffer; returns it. */

@@ -512,6 +512,12 @@ on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
 
         if (ci == NULL)
             return;
+        if (srv->conf.tls_cert != NULL) {
+            const union MHD_ConnectionInfo *ti = MHD_get_connection_info(
+                conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+
+            tls_check_transport(ti ? ti->tls_session : NULL, ci->connect_fd);
+        }
         c = xcalloc(1, sizeof(*c));
         c->fd = ci->connect_fd;
         atomic_init(&c->since, mono_ms());

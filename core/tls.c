@@ -11,6 +11,8 @@
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
 
+#include "log.h"
+
 /* Certificates in one chain file. */
 #define TLS_CHAIN_MAX 16
 
@@ -35,6 +37,7 @@ static struct pair *current;
 static struct pair **held;      /* by socket: the pair its session took */
 static size_t nheld;
 static unsigned alive;
+static bool untracked;          /* sessions cannot be told apart by socket */
 
 static void
 pair_free(struct pair *p)
@@ -185,7 +188,7 @@ retrieve(gnutls_session_t session, const gnutls_datum_t *req_ca_dn,
     (void)nalgos;
     pthread_mutex_lock(&mu);
     p = current;
-    if (p != NULL && fd >= 0 && fd < TLS_FD_MAX) {
+    if (p != NULL && !untracked && fd >= 0 && fd < TLS_FD_MAX) {
         ok = hold(fd, p);
     } else if (p != NULL) {
         /*
@@ -207,6 +210,23 @@ void *
 tls_callback(void)
 {
     return (void *)(gnutls_certificate_retrieve_function2 *)retrieve;
+}
+
+void
+tls_check_transport(void *session, int fd)
+{
+    bool first = false;
+
+    if (session != NULL &&
+        gnutls_transport_get_int((gnutls_session_t)session) == fd)
+        return;
+    pthread_mutex_lock(&mu);
+    first = !untracked;
+    untracked = true;
+    pthread_mutex_unlock(&mu);
+    if (first)
+        log_msg(LOG_WARN, "TLS sessions are not tied to their sockets; "
+                          "replaced certificates stay in memory");
 }
 
 void
@@ -244,6 +264,7 @@ tls_cleanup(void)
     free(held);
     held = NULL;
     nheld = 0;
+    untracked = false;
     /* Pairs of sessions that were never released go with the process. */
     pthread_mutex_unlock(&mu);
 }

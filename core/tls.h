@@ -19,6 +19,13 @@ int tls_load(const char *cert_path, const char *key_path, struct gerr *err);
 void *tls_callback(void);
 
 /*
+ * Called for each new connection before its handshake: replaced pairs are
+ * freed only if the session's transport is its socket fd, as it is with
+ * libmicrohttpd on GnuTLS 3.1.9 or later; otherwise they stay for good.
+ */
+void tls_check_transport(void *session, int fd);
+
+/*
  * The connection on socket fd has closed: its session no longer needs the
  * pair its handshake took, which is freed if it has been replaced.
  */

@@ -222,6 +222,31 @@ START_TEST(many_renewals_keep_one_pair)
 }
 END_TEST
 
+START_TEST(sessions_not_on_their_socket_keep_every_pair)
+{
+    gnutls_session_t s;
+    char cn[64];
+
+    ck_assert_int_eq(load("first", "first"), 0);
+    ck_assert_int_eq(gnutls_init(&s, GNUTLS_SERVER), 0);
+    gnutls_transport_set_int(s, 8);
+    tls_check_transport(s, 8);
+    ck_assert_str_eq(handshake(8, cn, sizeof(cn)), "first");
+    ck_assert_int_eq(load("second", "second"), 0);
+    tls_release(8);
+    ck_assert_uint_eq(tls_pairs(), 1);
+
+    /* A transport other than the socket: nothing can be given back. */
+    tls_check_transport(s, 9);
+    tls_check_transport(NULL, 9);
+    gnutls_deinit(s);
+    ck_assert_str_eq(handshake(9, cn, sizeof(cn)), "second");
+    ck_assert_int_eq(load("third", "third"), 0);
+    tls_release(9);
+    ck_assert_uint_eq(tls_pairs(), 2);
+}
+END_TEST
+
 Suite *
 tls_suite(void)
 {
@@ -234,6 +259,7 @@ tls_suite(void)
     tcase_add_test(tc, replaced_pair_lives_until_its_connections_close);
     tcase_add_test(tc, unreleased_pair_is_freed_only_when_let_go);
     tcase_add_test(tc, many_renewals_keep_one_pair);
+    tcase_add_test(tc, sessions_not_on_their_socket_keep_every_pair);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -2202,7 +2202,9 @@ def test_tls_reload_keeps_old_connections(ctx):
     key = os.path.join(ctx.dir, "key.pem")
     shutil.copy(a_cert, cert)
     shutil.copy(a_key, key)
-    d = ctx.daemon(args=["--tls-cert", cert, "--tls-key", key])
+    port = free_port()
+    d = ctx.daemon(args=["--tls-cert", cert, "--tls-key", key,
+                         "--admin", "127.0.0.1:%d" % port])
     check(peer_cn(d.port) == "pairA", "first pair")
     insecure = ssl.create_default_context()
     insecure.check_hostname = False
@@ -2261,6 +2263,12 @@ def test_tls_reload_keeps_old_connections(ctx):
                                                sorted(set(statuses))))
     check(d.proc.poll() is None, "the daemon died during reloads")
     check(peer_cn(d.port) == "pairB", "the last pair loaded is served")
+    # Every connection has closed: only the current pair is left.
+    pairs = lambda: metric(admin_get(port, "/metrics")[1], "grwhd_tls_pairs")
+    check(wait_for(lambda: pairs() == 1, 5),
+          "%r TLS pairs in memory after the connections closed" % pairs())
+    check("not tied to their sockets" not in d.stderr(),
+          "sessions not tracked: %r" % d.stderr()[-300:])
 
 
 def test_json_log_lines_parse(ctx):
