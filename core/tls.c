@@ -24,6 +24,7 @@ struct pair {
     unsigned n;
     gnutls_privkey_t key;
     unsigned refs;      /* connections that took it, +1 while current */
+    struct pair *next;  /* in the list of every pair in memory */
 };
 
 /*
@@ -36,7 +37,7 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct pair *current;
 static struct pair **held;      /* by socket: the pair its session took */
 static size_t nheld;
-static unsigned alive;
+static struct pair *alive;      /* every pair in memory */
 static bool untracked;          /* sessions cannot be told apart by socket */
 
 static void
@@ -53,10 +54,14 @@ pair_free(struct pair *p)
 static void
 unref(struct pair *p)
 {
-    if (--p->refs == 0) {
-        pair_free(p);
-        alive--;
-    }
+    if (--p->refs > 0)
+        return;
+    for (struct pair **pp = &alive; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    pair_free(p);
 }
 
 /* GnuTLS checks that the key belongs to the first certificate here. */
@@ -132,7 +137,8 @@ tls_load(const char *cert_path, const char *key_path, struct gerr *err)
     pthread_mutex_lock(&mu);
     old = current;
     current = p;
-    alive++;
+    p->next = alive;
+    alive = p;
     if (old != NULL)
         unref(old);
     pthread_mutex_unlock(&mu);
@@ -243,10 +249,11 @@ tls_release(int fd)
 unsigned
 tls_pairs(void)
 {
-    unsigned n;
+    unsigned n = 0;
 
     pthread_mutex_lock(&mu);
-    n = alive;
+    for (struct pair *p = alive; p; p = p->next)
+        n++;
     pthread_mutex_unlock(&mu);
     return n;
 }
@@ -255,16 +262,16 @@ void
 tls_cleanup(void)
 {
     pthread_mutex_lock(&mu);
-    if (current != NULL)
-        unref(current);
+    while (alive != NULL) {
+        struct pair *p = alive;
+
+        alive = p->next;
+        pair_free(p);
+    }
     current = NULL;
-    for (size_t i = 0; i < nheld; i++)
-        if (held[i] != NULL)
-            unref(held[i]);
     free(held);
     held = NULL;
     nheld = 0;
     untracked = false;
-    /* Pairs of sessions that were never released go with the process. */
     pthread_mutex_unlock(&mu);
 }
