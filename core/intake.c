@@ -23,6 +23,13 @@
 #define INTAKE_PROBE_SECONDS 1.0
 #define INTAKE_BACKOFF_BASE 1.0
 #define INTAKE_BACKOFF_CAP 600.0
+/*
+ * Outcomes wait this long, or for this many of them, before a write of
+ * their own: one wake-up and one commit per handful instead of per event.
+ * A request's write takes them along at once.
+ */
+#define INTAKE_OUTCOME_DELAY 0.002
+#define INTAKE_OUTCOME_BATCH 512
 
 enum mark {
     MARK_START,
@@ -52,6 +59,9 @@ struct intake {
     /* Guarded by mu. */
     struct intake_job *jobs, **jobs_tail;
     struct completion *done, **done_tail;
+    size_t ndone;           /* in done */
+    double done_since;      /* when done last became non-empty */
+    int flushers;           /* callers of intake_flush waiting */
     struct dispatch *dispatch;
     bool dispatch_changed;
     bool busy;              /* the thread is working on taken jobs */
@@ -435,20 +445,36 @@ requeue(struct intake *in, struct completion *cs)
 {
     struct completion *last = cs;
 
-    while (last->next)
+    if (in->done == NULL)
+        in->done_since = util_now();
+    in->ndone++;
+    while (last->next) {
         last = last->next;
+        in->ndone++;
+    }
     last->next = in->done;
     if (in->done == NULL)
         in->done_tail = &last->next;
     in->done = cs;
 }
 
+/*
+ * Whether the outcomes waiting should be written now.  While the spool
+ * refuses writes they wait for the probe (or for requests, whose write
+ * takes them along) instead of spinning.
+ */
+static bool
+outcomes_due(const struct intake *in, double now)
+{
+    return in->done != NULL && !in->failing &&
+           (in->ndone >= INTAKE_OUTCOME_BATCH || in->flushers > 0 ||
+            in->stop || now >= in->done_since + INTAKE_OUTCOME_DELAY);
+}
+
 static void
 wait_for_work(struct intake *in)
 {
-    /* While the spool refuses writes, outcomes wait for the probe (or for
-     * requests, whose write takes them along) instead of spinning. */
-    while (in->jobs == NULL && (in->done == NULL || in->failing) &&
+    while (in->jobs == NULL && !outcomes_due(in, util_now()) &&
            !in->stop && !in->dispatch_changed) {
         double until = 0;
         struct timespec ts;
@@ -463,6 +489,9 @@ wait_for_work(struct intake *in)
         }
         if (in->failing && (until == 0 || in->next_probe < until))
             until = in->next_probe;
+        if (in->done != NULL && !in->failing &&
+            (until == 0 || in->done_since + INTAKE_OUTCOME_DELAY < until))
+            until = in->done_since + INTAKE_OUTCOME_DELAY;
         if (until == 0) {
             pthread_cond_wait(&in->cv, &in->mu);
             continue;
@@ -505,6 +534,7 @@ intake_main(void *arg)
         cs = in->done;
         in->done = NULL;
         in->done_tail = &in->done;
+        in->ndone = 0;
         room = cs != NULL;      /* outcomes: the workers made room */
         if (in->dispatch_changed) {
             in->dispatch_changed = false;
@@ -683,10 +713,19 @@ intake_submit(struct intake *in, struct intake_job *job)
 static void
 push_completion(struct intake *in, struct completion *c)
 {
+    bool first;
+
     pthread_mutex_lock(&in->mu);
+    first = in->done == NULL;
     *in->done_tail = c;
     in->done_tail = &c->next;
-    pthread_cond_signal(&in->cv);
+    if (first)
+        in->done_since = util_now();
+    in->ndone++;
+    /* The first sets the intake's deadline; after it only a full batch
+     * wakes the intake early. */
+    if (first || in->ndone == INTAKE_OUTCOME_BATCH)
+        pthread_cond_signal(&in->cv);
     pthread_mutex_unlock(&in->mu);
 }
 
@@ -729,9 +768,12 @@ intake_flush(struct intake *in)
     pthread_mutex_lock(&in->mu);
     /* Outcomes are waited for too, unless the spool is refusing them
      * (they are kept for another try, which may never come). */
+    in->flushers++;
+    pthread_cond_signal(&in->cv);
     while (in->jobs != NULL || in->busy ||
            (in->done != NULL && !in->failing))
         pthread_cond_wait(&in->ack, &in->mu);
+    in->flushers--;
     pthread_mutex_unlock(&in->mu);
 }
 
