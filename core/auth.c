@@ -2,8 +2,12 @@
 #include "auth.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <gnutls/crypto.h>
 
@@ -38,51 +42,109 @@ auth_add(struct auth *a, const char *secret, size_t len, struct gerr *err)
         gerr_set(err, "cannot hash secret");
         return -1;
     }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)secret[i];
+
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+              (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+              c == '~')) {
+            a->need_encoding++;
+            break;
+        }
+    }
     a->n++;
+    return 0;
+}
+
+/* One line of a secret file: blank and '#' lines hold no secret. */
+static int
+add_line(struct auth *a, const char *line, size_t n, int *found,
+         struct gerr *err)
+{
+    while (n > 0 && (line[n - 1] == '\r' || line[n - 1] == ' ' ||
+                     line[n - 1] == '\t'))
+        n--;
+    if (n == 0 || line[0] == '#')
+        return 0;
+    if (memchr(line, '\0', n) != NULL) {
+        gerr_set(err, "a NUL byte in the line");
+        return -1;
+    }
+    if (auth_add(a, line, n, err) != 0)
+        return -1;
+    (*found)++;
     return 0;
 }
 
 int
 auth_add_file(struct auth *a, const char *path, struct gerr *err)
 {
-    char line[GRWHD_AUTH_SECRET_MAX + 3];      /* + CR LF NUL */
-    int lineno = 0, rc = 0, found = 0;
-    FILE *f = fopen(path, "r");
+    /* Room for every secret at full length, with CRLFs and comments. */
+    enum { cap = 4 * GRWHD_AUTH_MAX_SECRETS * (GRWHD_AUTH_SECRET_MAX + 2) };
+    char *buf = NULL;
+    size_t len = 0;
+    int lineno = 0, found = 0, rc = -1;
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 
-    if (f == NULL) {
+    if (fd < 0) {
         gerr_set(err, "%s: %s", path, strerror(errno));
         return -1;
     }
-    while (fgets(line, sizeof(line), f) != NULL) {
-        size_t n = strlen(line);
+    /* A FIFO or a device (a symlink to /dev/zero) never ends. */
+    if (fstat(fd, &st) != 0) {
+        gerr_set(err, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        gerr_set(err, "%s: %s", path,
+                 S_ISDIR(st.st_mode) ? "is a folder" : "not a regular file");
+        goto out;
+    }
+    buf = xmalloc(cap + 1);
+    for (;;) {
+        ssize_t got = read(fd, buf + len, cap + 1 - len);
+
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            gerr_set(err, "%s: %s", path, strerror(errno));
+            goto out;
+        }
+        if (got == 0)
+            break;
+        len += (size_t)got;
+        if (len > cap) {
+            gerr_set(err, "%s: larger than %d bytes, not a secret file",
+                     path, (int)cap);
+            goto out;
+        }
+    }
+    for (size_t at = 0; at < len;) {
+        const char *nl = memchr(buf + at, '\n', len - at);
+        size_t end = nl ? (size_t)(nl - buf) : len;
 
         lineno++;
-        if (n > 0 && line[n - 1] != '\n' && !feof(f)) {
-            gerr_set(err, "%s:%d: line too long", path, lineno);
-            rc = -1;
-            break;
-        }
-        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' ||
-                         line[n - 1] == ' ' || line[n - 1] == '\t'))
-            n--;
-        if (n == 0 || line[0] == '#')
-            continue;
-        if (auth_add(a, line, n, err) != 0) {
+        if (add_line(a, buf + at, end - at, &found, err) != 0) {
             struct gerr why = *err;
 
             gerr_set(err, "%.300s:%d: %.150s", path, lineno, why.msg);
-            rc = -1;
-            break;
+            goto out;
         }
-        found++;
+        at = end + 1;
     }
-    explicit_bzero(line, sizeof(line));
-    fclose(f);
     /* An emptied file must not open the door: a file given holds one. */
-    if (rc == 0 && found == 0) {
+    if (found == 0) {
         gerr_set(err, "%s: no secret in the file", path);
-        rc = -1;
+        goto out;
     }
+    rc = 0;
+out:
+    if (buf != NULL) {
+        explicit_bzero(buf, cap + 1);
+        free(buf);
+    }
+    close(fd);
     return rc;
 }
 

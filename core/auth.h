@@ -18,6 +18,9 @@
 struct auth {
     size_t n;
     unsigned char digest[GRWHD_AUTH_MAX_SECRETS][GRWHD_AUTH_DIGEST];
+    /* Secrets with a byte other than A-Z a-z 0-9 - . _ ~, which must be
+     * percent-encoded in the webhook's URL ('+' there means a space). */
+    size_t need_encoding;
 };
 
 void auth_init(struct auth *a);

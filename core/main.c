@@ -63,6 +63,18 @@ load_secrets(const struct config *c, struct auth *a, struct gerr *err)
             return -1;
     if (c->secret_file != NULL && auth_add_file(a, c->secret_file, err) != 0)
         return -1;
+    /* Pasted into the URL as it is, such a secret gets 403s, which
+     * GetResponse never retries. */
+    if (a->need_encoding > 0) {
+        struct log_line l;
+
+        if (log_begin(&l, LOG_WARN, "a secret holds characters that must be "
+                                    "percent-encoded in the webhook URL; "
+                                    "use only A-Z a-z 0-9 - . _ ~")) {
+            log_int(&l, "secrets", (long long)a->need_encoding);
+            log_end(&l);
+        }
+    }
     return 0;
 }
 

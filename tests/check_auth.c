@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <check.h>
 
@@ -149,6 +150,19 @@ START_TEST(auth_refuses_more_than_max_secrets)
 }
 END_TEST
 
+START_TEST(auth_counts_secrets_that_need_encoding)
+{
+    add("Plain-secret_0.9~");
+    ck_assert_uint_eq(a.need_encoding, 0);
+    add("a+b");
+    add("c%41d");
+    add("e f");
+    add("safe2");
+    ck_assert_uint_eq(a.need_encoding, 3);
+    ck_assert_uint_eq(a.n, 5);
+}
+END_TEST
+
 START_TEST(auth_file_skips_blanks_comments_and_crlf)
 {
     char *path = secret_file("# the secrets\n"
@@ -182,8 +196,65 @@ START_TEST(auth_file_names_path_and_line_of_long_line)
     strcat(text, "\nok-two\n");
     path = secret_file(text);
     ck_assert_int_eq(auth_add_file(&a, path, &err), -1);
-    snprintf(want, sizeof(want), "%s:3: line too long", path);
+    snprintf(want, sizeof(want), "%s:3: secret longer than 1024 bytes",
+             path);
     ck_assert_str_eq(err.msg, want);
+}
+END_TEST
+
+/* Trailing blanks are not part of the secret, so not of its length. */
+START_TEST(auth_file_trims_before_measuring)
+{
+    static char text[2 * GRWHD_AUTH_SECRET_MAX + 3000];
+    char *path;
+
+    memset(text, 0, sizeof(text));
+    memset(text, 'k', GRWHD_AUTH_SECRET_MAX);
+    strcat(text, " \t\r\nomega");
+    memset(text + strlen(text), ' ', 2000);
+    strcat(text, "\n");
+    path = secret_file(text);
+    ck_assert_msg(auth_add_file(&a, path, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(a.n, 2);
+    ck_assert(auth_check(&a, text, GRWHD_AUTH_SECRET_MAX));
+    ck_assert(check("omega"));
+    ck_assert(!check("omega "));
+}
+END_TEST
+
+START_TEST(auth_file_names_a_nul_byte)
+{
+    static const char text[] = "alpha\neps\0ilon\n";
+    char *path = test_keep(test_path(dir, "secrets")), want[4200];
+
+    test_write_file(path, text, sizeof(text) - 1);
+    ck_assert_int_eq(auth_add_file(&a, path, &err), -1);
+    snprintf(want, sizeof(want), "%s:2: a NUL byte in the line", path);
+    ck_assert_str_eq(err.msg, want);
+}
+END_TEST
+
+/* A device or a FIFO never ends; a huge file is not a list of secrets. */
+START_TEST(auth_file_must_be_a_small_regular_file)
+{
+    static char big[80000];
+    char *path = test_keep(test_path(dir, "zero")), want[4200];
+
+    ck_assert_int_eq(symlink("/dev/zero", path), 0);
+    ck_assert_int_eq(auth_add_file(&a, path, &err), -1);
+    snprintf(want, sizeof(want), "%s: not a regular file", path);
+    ck_assert_str_eq(err.msg, want);
+
+    ck_assert_int_eq(auth_add_file(&a, dir, &err), -1);
+    snprintf(want, sizeof(want), "%s: is a folder", dir);
+    ck_assert_str_eq(err.msg, want);
+
+    memset(big, '#', sizeof(big) - 1);
+    path = secret_file(big);
+    ck_assert_int_eq(auth_add_file(&a, path, &err), -1);
+    ck_assert_msg(strstr(err.msg, "not a secret file") != NULL, "%s",
+                  err.msg);
+    ck_assert(auth_open(&a));
 }
 END_TEST
 
@@ -281,8 +352,12 @@ auth_suite(void)
     tcase_add_test(tc, auth_add_refuses_empty_secret);
     tcase_add_test(tc, auth_add_takes_longest_secret_and_refuses_longer);
     tcase_add_test(tc, auth_refuses_more_than_max_secrets);
+    tcase_add_test(tc, auth_counts_secrets_that_need_encoding);
     tcase_add_test(tc, auth_file_skips_blanks_comments_and_crlf);
     tcase_add_test(tc, auth_file_names_path_and_line_of_long_line);
+    tcase_add_test(tc, auth_file_trims_before_measuring);
+    tcase_add_test(tc, auth_file_names_a_nul_byte);
+    tcase_add_test(tc, auth_file_must_be_a_small_regular_file);
     tcase_add_test(tc, auth_file_takes_longest_secret_with_crlf);
     tcase_add_test(tc, auth_file_names_line_of_secret_past_max);
     tcase_add_test(tc, auth_file_missing_is_an_error);
