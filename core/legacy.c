@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <cJSON.h>
@@ -40,11 +41,12 @@ static const struct {
     {"account_login", "account", NULL, "login"},
 };
 
+/* Names match ignoring case, as libmicrohttpd matches the secret's. */
 static const char *
 param(const struct legacy_param *p, size_t n, const char *key)
 {
     for (size_t i = 0; i < n; i++)
-        if (strcmp(p[i].key, key) == 0)
+        if (strcasecmp(p[i].key, key) == 0)
             return p[i].value;
     return NULL;
 }
@@ -94,7 +96,7 @@ legacy_event(const struct legacy_param *p, size_t n,
     cJSON_AddStringToObject(child(ev, "event"), "occurredAt", when);
     cb = cJSON_AddObjectToObject(ev, "callback");
     for (size_t i = 0; i < n; i++)
-        if (strcmp(p[i].key, secret_param) != 0)
+        if (strcasecmp(p[i].key, secret_param) != 0)
             cJSON_AddStringToObject(cb, p[i].key, p[i].value);
     text = cJSON_PrintUnformatted(ev);
     cJSON_Delete(ev);

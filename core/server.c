@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -208,6 +209,29 @@ reply_error(struct req *r, unsigned status, const char *msg)
     return rc;
 }
 
+/*
+ * Whether a query parameter's name may be logged.  A secret typed into
+ * the URL without its name ("?S") or with a mangled "=" ("?secret%3DS")
+ * arrives as a name: only plain names that carry a value are shown.
+ */
+static bool
+plain_name(const char *key, const char *value)
+{
+    size_t n = 0;
+
+    if (value == NULL)
+        return false;
+    for (; key[n] != '\0'; n++) {
+        char c = key[n];
+
+        if (n == 64 || !((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                         (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+                         c == '.'))
+            return false;
+    }
+    return n > 0;
+}
+
 static enum MHD_Result
 add_query_key(void *cls, enum MHD_ValueKind kind, const char *key,
               const char *value)
@@ -219,8 +243,9 @@ add_query_key(void *cls, enum MHD_ValueKind kind, const char *key,
     /* Values are not logged (one is the secret, another may be an e-mail)
      * but for a legacy callback's action, which says what it is. */
     snprintf(r->path + n, sizeof(r->path) - n, "%s%s=%s",
-             strchr(r->path, '?') ? "&" : "?", key,
-             strcmp(key, "action") == 0 && value ? value : "REDACTED");
+             strchr(r->path, '?') ? "&" : "?",
+             plain_name(key, value) ? key : "REDACTED",
+             strcasecmp(key, "action") == 0 && value ? value : "REDACTED");
     return MHD_YES;
 }
 
