@@ -66,7 +66,8 @@ unref(struct pair *p)
 
 /* GnuTLS checks that the key belongs to the first certificate here. */
 static int
-check_match(gnutls_datum_t *cert, gnutls_datum_t *key, struct gerr *err)
+check_match(gnutls_datum_t *cert, gnutls_datum_t *key, const char *key_path,
+            struct gerr *err)
 {
     gnutls_certificate_credentials_t cred;
     int rc;
@@ -80,11 +81,10 @@ check_match(gnutls_datum_t *cert, gnutls_datum_t *key, struct gerr *err)
     gnutls_certificate_free_credentials(cred);
     if (rc < 0) {
         /* GnuTLS words a mismatch as "data not available"; say it. */
-        gerr_set(err, "%s",
+        gerr_set(err, "%s: %s", key_path,
                  rc == GNUTLS_E_CERTIFICATE_KEY_MISMATCH ||
                          rc == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE
-                     ? "the key does not belong to the certificate (or "
-                       "one of the files is not PEM)"
+                     ? "the key does not belong to the certificate"
                      : gnutls_strerror(rc));
         return -1;
     }
@@ -113,23 +113,30 @@ tls_load(const char *cert_path, const char *key_path, struct gerr *err)
         gerr_set(err, "%s: %s", key_path, gnutls_strerror(rc));
         goto fail;
     }
-    if (check_match(&cert, &key, err) != 0)
-        goto fail;
+    /* Each file on its own first, so an error names the file at fault. */
     p->n = TLS_CHAIN_MAX;
-    if ((rc = gnutls_pcert_list_import_x509_raw(p->pcert, &p->n, &cert,
-                                                GNUTLS_X509_FMT_PEM, 0)) <
-        0) {
+    if ((rc = gnutls_pcert_list_import_x509_raw(
+             p->pcert, &p->n, &cert, GNUTLS_X509_FMT_PEM,
+             GNUTLS_X509_CRT_LIST_IMPORT_FAIL_IF_EXCEED)) < 0) {
         p->n = 0;
-        gerr_set(err, "%s: %s", cert_path, gnutls_strerror(rc));
+        if (rc == GNUTLS_E_SHORT_MEMORY_BUFFER)
+            gerr_set(err, "%s: more than %d certificates in the chain",
+                     cert_path, TLS_CHAIN_MAX);
+        else
+            gerr_set(err, "%s: %s (a PEM certificate chain is expected)",
+                     cert_path, gnutls_strerror(rc));
         goto fail;
     }
     if ((rc = gnutls_privkey_init(&p->key)) < 0 ||
         (rc = gnutls_privkey_import_x509_raw(p->key, &key,
                                              GNUTLS_X509_FMT_PEM, NULL, 0)) <
             0) {
-        gerr_set(err, "%s: %s", key_path, gnutls_strerror(rc));
+        gerr_set(err, "%s: %s (an unencrypted PEM key is expected)",
+                 key_path, gnutls_strerror(rc));
         goto fail;
     }
+    if (check_match(&cert, &key, key_path, err) != 0)
+        goto fail;
     gnutls_free(cert.data);
     gnutls_memset(key.data, 0, key.size);
     gnutls_free(key.data);

@@ -12,6 +12,7 @@
 #include <gnutls/x509.h>
 
 #include "../core/log.h"
+#include "../core/util.h"
 #include "../core/tls.h"
 
 static char *dir;
@@ -162,6 +163,47 @@ START_TEST(bad_pair_keeps_the_old_one)
 }
 END_TEST
 
+/* Each error names the file at fault and says what was expected. */
+START_TEST(load_errors_name_the_file)
+{
+    struct gerr err = {{0}};
+    char *empty = test_keep(test_path(dir, "empty.pem"));
+    char *chain = test_keep(test_path(dir, "chain.pem"));
+    char *crt = test_keep(test_path(dir, "first.crt"));
+    char *key = test_keep(test_path(dir, "first.key"));
+    char *other = test_keep(test_path(dir, "second.key"));
+    char *one = test_read_file(crt, NULL), *many;
+    size_t n = strlen(one);
+
+    test_write_file(empty, "", 0);
+    ck_assert_int_eq(tls_load(empty, key, &err), -1);
+    ck_assert_msg(strncmp(err.msg, empty, strlen(empty)) == 0 &&
+                      strstr(err.msg, "PEM certificate chain") != NULL,
+                  "%s", err.msg);
+    ck_assert_int_eq(tls_load(crt, empty, &err), -1);
+    ck_assert_msg(strncmp(err.msg, empty, strlen(empty)) == 0 &&
+                      strstr(err.msg, "PEM key") != NULL,
+                  "%s", err.msg);
+    ck_assert_int_eq(tls_load(crt, other, &err), -1);
+    ck_assert_msg(strncmp(err.msg, other, strlen(other)) == 0 &&
+                      strstr(err.msg, "does not belong") != NULL,
+                  "%s", err.msg);
+
+    /* 17 certificates: one more than is served. */
+    many = test_keep(xmalloc(17 * n + 1));
+    for (int i = 0; i < 17; i++)
+        memcpy(many + (size_t)i * n, one, n);
+    test_write_file(chain, many, 17 * n);
+    ck_assert_int_eq(tls_load(chain, key, &err), -1);
+    ck_assert_msg(strstr(err.msg, "more than 16 certificates") != NULL,
+                  "%s", err.msg);
+    test_write_file(chain, many, 16 * n);
+    ck_assert_msg(tls_load(chain, key, &err) == 0, "%s", err.msg);
+    free(one);
+    ck_assert_uint_eq(tls_pairs(), 1);
+}
+END_TEST
+
 START_TEST(replaced_pair_lives_until_its_connections_close)
 {
     const gnutls_pcert_st *on5, *on6;
@@ -260,6 +302,7 @@ tls_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, no_pair_no_handshake);
     tcase_add_test(tc, bad_pair_keeps_the_old_one);
+    tcase_add_test(tc, load_errors_name_the_file);
     tcase_add_test(tc, replaced_pair_lives_until_its_connections_close);
     tcase_add_test(tc, unreleased_pair_is_freed_only_when_let_go);
     tcase_add_test(tc, many_renewals_keep_one_pair);
