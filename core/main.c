@@ -323,8 +323,7 @@ serve(struct config *c)
             continue;
         }
         if (sig == SIGHUP) {
-            reload(c, &lc, d, "SIGHUP");
-            watched = seen = watch_fingerprint(c->script);
+            /* The quick ones first: a script's top level may take long. */
             reload_tls(c);
             if (c->secret_file != NULL) {
                 struct auth fresh;
@@ -338,6 +337,8 @@ serve(struct config *c)
                     log_msg(LOG_INFO, "secrets reloaded");
                 }
             }
+            reload(c, &lc, d, "SIGHUP");
+            watched = seen = watch_fingerprint(c->script);
             continue;
         }
         log_msg_str(LOG_INFO, "shutting down", "signal", strsignal(sig));
