@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -176,11 +177,16 @@ dispatch_start(const struct dispatch_conf *conf, struct gerr *err)
             goto fail;
     }
     for (int i = 0; i < conf->workers; i++) {
+        char name[16];
+
         if (pthread_create(&d->w[i].thread, NULL, worker_main, &d->w[i])) {
             gerr_set(err, "cannot start worker thread");
             goto fail;
         }
         d->w[i].started = true;
+        /* Named for top -H and perf. */
+        snprintf(name, sizeof(name), "grwhd-lua%u", (unsigned)i % 1000u);
+        pthread_setname_np(d->w[i].thread, name);
     }
     return d;
 fail:

@@ -674,6 +674,7 @@ intake_start(struct spool *s, const struct intake_conf *conf,
         free(in);
         return NULL;
     }
+    pthread_setname_np(in->thread, "grwhd-intake");
     return in;
 }
 

@@ -1007,6 +1007,7 @@ server_start(const struct server_conf *conf, struct gerr *err)
         gerr_set(err, "cannot start watchdog thread");
         goto fail;
     }
+    pthread_setname_np(s->watchdog, "grwhd-watchdog");
     s->watchdog_started = true;
     return s;
 fail:

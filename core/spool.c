@@ -220,6 +220,7 @@ start_checkpointer(struct spool *s, const char *path, struct gerr *err)
         gerr_set(err, "cannot start checkpoint thread");
         return -1;
     }
+    pthread_setname_np(s->ck_thread, "grwhd-checkpt");
     s->ck_started = true;
     sqlite3_wal_hook(s->db, wal_hook, s);
     return 0;
