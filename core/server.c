@@ -192,6 +192,16 @@ reply(struct req *r, unsigned status, struct MHD_Response *resp)
     return MHD_queue_response(r->conn, status, resp);
 }
 
+/* A shared error response, with the reason for the access line only. */
+static enum MHD_Result
+refuse(struct req *r, unsigned status, struct MHD_Response *resp,
+       const char *why)
+{
+    if (r->error[0] == '\0')
+        snprintf(r->error, sizeof(r->error), "%s", why);
+    return reply(r, status, resp);
+}
+
 static enum MHD_Result
 reply_error(struct req *r, unsigned status, const char *msg)
 {
@@ -400,14 +410,17 @@ on_headers(struct req *r, const char *url, const char *method)
     bool legacy, let_in;
 
     if (atomic_load(&srv->draining))
-        return reply(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_draining);
+        return refuse(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_draining,
+                      "shutting down");
     if (srv->conf.path != NULL && strcmp(url, srv->conf.path) != 0)
-        return reply(r, MHD_HTTP_NOT_FOUND, srv->r_404);
+        return refuse(r, MHD_HTTP_NOT_FOUND, srv->r_404,
+                      "not the --path served");
     legacy = strcmp(method, MHD_HTTP_METHOD_GET) == 0 &&
              MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND,
                                          "action") != NULL;
     if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 && !legacy)
-        return reply(r, MHD_HTTP_METHOD_NOT_ALLOWED, srv->r_405);
+        return refuse(r, MHD_HTTP_METHOD_NOT_ALLOWED, srv->r_405,
+                      "not a POST, nor a GET with action");
     if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND,
                                       srv->conf.secret_param,
                                       strlen(srv->conf.secret_param),
@@ -418,11 +431,14 @@ on_headers(struct req *r, const char *url, const char *method)
              (given != NULL && auth_check(&srv->auth, given, given_len));
     pthread_rwlock_unlock(&srv->auth_lock);
     if (!let_in)
-        return reply(r, MHD_HTTP_FORBIDDEN, srv->r_403);
+        return refuse(r, MHD_HTTP_FORBIDDEN, srv->r_403,
+                      given == NULL ? "no secret parameter"
+                                    : "wrong secret");
     cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl != NULL && strtoull(cl, NULL, 10) > srv->conf.max_body)
-        return reply(r, MHD_HTTP_CONTENT_TOO_LARGE, srv->r_413);
+        return refuse(r, MHD_HTTP_CONTENT_TOO_LARGE, srv->r_413,
+                      "Content-Length over --max-body");
     r->webhook_id = header_id(r->conn, "X-Webhook-ID");
     r->request_id = header_id(r->conn, "X-Request-ID");
     r->legacy = legacy;
@@ -681,11 +697,13 @@ on_complete(struct req *r)
         metrics_ack_latency(util_mono() - r->t0);
         return reply(r, MHD_HTTP_OK, srv->r_ok);
     case REQ_FAILED:
-        return reply(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_503);
+        return refuse(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_503,
+                      "the spool did not take the events");
     case REQ_LATE:
         log_msg_str(LOG_WARN, "spool too slow, answering 503 within the "
                     "budget", "remote", r->remote);
-        return reply(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_503);
+        return refuse(r, MHD_HTTP_SERVICE_UNAVAILABLE, srv->r_503,
+                      "the spool was too slow");
     case REQ_WAITING:
         return MHD_YES;     /* a spurious wake-up; stay suspended */
     default:
@@ -693,7 +711,8 @@ on_complete(struct req *r)
     }
     arrived(r);
     if (r->too_large)
-        return reply(r, MHD_HTTP_CONTENT_TOO_LARGE, srv->r_413);
+        return refuse(r, MHD_HTTP_CONTENT_TOO_LARGE, srv->r_413,
+                      "body over --max-body");
     if (batch_parse(&b, r->body, r->len, &err) != 0) {
         bool too_many = b.too_many;
 
@@ -745,6 +764,7 @@ on_complete(struct req *r)
     if (intake_submit(srv->conf.intake, &r->job) != 0) {
         log_msg_str(LOG_WARN, "spool backlog full, answering 503", "remote",
                     r->remote);
+        snprintf(r->error, sizeof(r->error), "backlog over --max-backlog");
         atomic_fetch_sub(&r->refs, 1);
         wake(srv, r, REQ_FAILED);
     }

@@ -14,17 +14,20 @@ if [ ! -s "$dev/cert.pem" ]; then
 fi
 listen=${GRWHD_LISTEN:-127.0.0.1:8080}
 secret="dev-secret"
+# The spool (and the delivery keys it remembers for a day) is kept between
+# runs, so each run gets a delivery id of its own.
+delivery="dev-$(date +%s)"
 cat >&2 <<MSG
 
 grwhd is starting on https://$listen with the development secret '$secret'.
 In another terminal, post a fixture:
 
   curl -w '\\n' --cacert $PWD/$dev/cert.pem \\
-    -H 'Content-Type: application/json' -H 'X-Webhook-ID: dev-1' \\
+    -H 'Content-Type: application/json' -H 'X-Webhook-ID: $delivery' \\
     --data-binary @$PWD/tests/fixtures/contact_added.json \\
     'https://$listen/webhook?secret=$secret'
 
-Run it twice: the second time is a repeat of delivery dev-1, which grwhd
+Run it twice: the second time is a repeat of delivery $delivery, which grwhd
 acknowledges but does not run again (duplicates=1 in the log); another
 X-Webhook-ID is a new delivery.  A batch: tests/fixtures/batch.json.
 Ctrl-C stops grwhd.

@@ -2605,6 +2605,27 @@ def test_access_line_says_why_and_which_callback(ctx):
           "the secret reached the spool: %r" % stored)
 
 
+def test_refusals_say_why_in_the_log(ctx):
+    """Each refusal's access line gives its reason, never the secret."""
+    d = ctx.daemon(args=["--path", "/hook", "--max-body", "1000"])
+    cases = [
+        (d.post({}, url=d.url(secret="nope"))[0], 403, "wrong secret"),
+        (d.post({}, url=d.url(secret=None))[0], 403, "no secret parameter"),
+        (d.post({}, url=d.url(path="/other"))[0], 404,
+         "not the --path served"),
+        (d.request("PUT", d.url(), b"{}")[0], 405, "not a POST"),
+        (d.post(None, raw=b" " * 2000)[0], 413, "over --max-body"),
+    ]
+    for got, want, why in cases:
+        check(got == want, "%s: status %d, want %d" % (why, got, want))
+        check(wait_for(lambda: re.search(r'status=%d .*error="[^"]*%s'
+                                         % (want, re.escape(why)),
+                                         d.stderr()), 3),
+              "no reason %r on the %d line: %r" % (why, want,
+                                                   d.stderr()[-300:]))
+    check("nope" not in d.stderr(), "the wrong secret reached the log")
+
+
 def test_batch_larger_than_backlog_bound_is_taken_when_idle(ctx):
     d = ctx.daemon(args=["--max-backlog", "3"])
     expect_ok(d.post(fixture("batch.json")), "5 events, bound 3, idle")
@@ -3045,6 +3066,7 @@ TESTS = [
     test_os_exit_fails_the_event_not_the_daemon,
     test_secret_in_a_mistyped_path_is_redacted,
     test_access_line_says_why_and_which_callback,
+    test_refusals_say_why_in_the_log,
     test_batch_larger_than_backlog_bound_is_taken_when_idle,
     test_spool_retry_of_unknown_id_fails,
     test_spool_retry_of_a_repeated_id_counts_it_once,
