@@ -12,6 +12,10 @@
 #include "log.h"
 #include "metrics.h"
 #include "../lua/runtime.h"
+#include "../lua/types.h"
+
+/* Distinct unhandled types a state reports before it keeps quiet. */
+#define DISPATCH_UNHANDLED_MAX 32
 
 struct worker {
     struct dispatch *d;
@@ -28,6 +32,9 @@ struct worker {
     /* The attempt running now (0 when idle), for dispatch_watch. */
     atomic_int_fast64_t busy_us, busy_id;
     int64_t warned_id;      /* dispatch_watch's thread only */
+    /* Types without a handler already reported by this state. */
+    char *unhandled[DISPATCH_UNHANDLED_MAX];
+    int nunhandled;
 };
 
 struct dispatch {
@@ -69,6 +76,60 @@ log_handled(const struct spool_event *ev, double seconds)
     log_end(&l);
 }
 
+static void
+log_script_warning(void *arg, bool serious, const char *msg)
+{
+    struct log_line l;
+
+    if (log_begin(&l, serious ? LOG_WARN : LOG_INFO, msg)) {
+        log_str(&l, "script", arg);
+        log_end(&l);
+    }
+}
+
+/* What `grwhd check` would warn about, once per load (by worker 0). */
+static void
+warn_about_script(struct worker *w)
+{
+    if (w->index == 0)
+        types_check_script(w->rt, log_script_warning,
+                           (void *)w->d->conf.lua->script);
+}
+
+static void
+forget_unhandled(struct worker *w)
+{
+    for (int i = 0; i < w->nunhandled; i++)
+        free(w->unhandled[i]);
+    w->nunhandled = 0;
+}
+
+/*
+ * An event no function takes is done without running anything: said
+ * once per type and state, or a mistyped handler name loses events
+ * without a word.
+ */
+static void
+report_unhandled(struct worker *w, const struct spool_event *ev)
+{
+    const char *type = ev->type ? ev->type : "";
+    struct log_line l;
+
+    for (int i = 0; i < w->nunhandled; i++)
+        if (strcmp(w->unhandled[i], type) == 0)
+            return;
+    if (w->nunhandled == DISPATCH_UNHANDLED_MAX)
+        return;
+    w->unhandled[w->nunhandled++] = xstrdup(type);
+    if (log_begin(&l, LOG_WARN, "no handler and no default for this type: "
+                                "its events are done without running")) {
+        log_str(&l, "type", type);
+        log_int(&l, "spool_id", (long long)ev->id);
+        log_int(&l, "worker", w->index);
+        log_end(&l);
+    }
+}
+
 /*
  * Swaps in a state built afresh from the script, between events.  If the
  * new one cannot be built the old one goes on, and the error is logged
@@ -95,11 +156,13 @@ rebuild(struct worker *w, const char *why)
     }
     lrt_free(w->rt);
     w->rt = rt;
+    forget_unhandled(w);
     if (log_begin(&l, LOG_INFO, "script loaded")) {
         log_int(&l, "worker", w->index);
         log_str(&l, "why", why);
         log_end(&l);
     }
+    warn_about_script(w);
 }
 
 static void *
@@ -113,6 +176,7 @@ worker_main(void *arg)
         struct gerr err;
         double t0;
         bool ok;
+        int rc;
 
         pthread_mutex_lock(&w->mu);
         while (w->count == 0 && !w->stop &&
@@ -138,10 +202,13 @@ worker_main(void *arg)
         t0 = util_mono();
         atomic_store(&w->busy_id, ev->id);
         atomic_store(&w->busy_us, (int_fast64_t)(t0 * 1e6));
-        ok = lrt_call(w->rt, ev, &err) >= 0;
+        rc = lrt_call(w->rt, ev, &err);
+        ok = rc >= 0;
         atomic_store(&w->busy_us, 0);
         metrics_handler_latency(util_mono() - t0);
-        if (ok)
+        if (rc == 1)
+            report_unhandled(w, ev);
+        else if (ok)
             log_handled(ev, util_mono() - t0);
         d->conf.done(d->conf.done_arg, ev, ok, ok ? NULL : err.msg);
         if (lrt_spent(w->rt))
@@ -175,6 +242,7 @@ dispatch_start(const struct dispatch_conf *conf, struct gerr *err)
         w->rt = lrt_new(conf->lua, i, err);
         if (w->rt == NULL)
             goto fail;
+        warn_about_script(w);
     }
     for (int i = 0; i < conf->workers; i++) {
         char name[16];
@@ -299,6 +367,7 @@ dispatch_stop(struct dispatch *d, double wait_s)
             spool_event_free(w->ring[(w->head + k) % d->conf.queue_cap]);
         free(w->ring);
         lrt_free(w->rt);
+        forget_unhandled(w);
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->cv);
     }

@@ -389,16 +389,8 @@ add_name(void *arg, const char *name, const char *other)
 {
     struct names *ns = arg;
 
-    if (other != NULL) {
-        /* Only names meant as handlers: a table may hold other data. */
-        if (strcmp(name, "default") == 0 || types_is_known(name) ||
-            types_suggest(name) != NULL)
-            fprintf(stderr, "warning: '%s' is a %s, not a function: its "
-                            "events %s\n", name, other,
-                    strcmp(name, "default") == 0 ? "would be skipped"
-                                                 : "go to default");
-        return;
-    }
+    if (other != NULL)
+        return;     /* not a function: types_check_script says so */
     ns->v = xrealloc(ns->v, (ns->n + 1) * sizeof(*ns->v));
     ns->v[ns->n++] = xstrdup(name);
 }
@@ -409,36 +401,11 @@ cmp_name(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Warnings for names that will never see an event, as far as we know. */
 static void
-check_names(const struct names *ns)
+print_warning(void *arg, bool serious, const char *msg)
 {
-    bool has_default = false;
-
-    for (size_t i = 0; i < ns->n; i++) {
-        const char *name = ns->v[i], *hint;
-
-        if (strcmp(name, "default") == 0) {
-            has_default = true;
-            continue;
-        }
-        if (types_is_known(name))
-            continue;
-        hint = types_suggest(name);
-        if (hint != NULL)
-            fprintf(stderr, "warning: '%s' is not a GetResponse event type; "
-                            "did you mean '%s'?\n", name, hint);
-        else
-            fprintf(stderr, "warning: '%s' is not a known GetResponse event "
-                            "type; it runs only if such events arrive\n",
-                    name);
-    }
-    if (ns->n == 0)
-        fprintf(stderr, "warning: no handler and no default: every event "
-                        "would be skipped\n");
-    else if (!has_default)
-        fprintf(stderr, "note: no default handler: events of other types "
-                        "are stored and skipped\n");
+    (void)arg;
+    fprintf(stderr, "%s: %s\n", serious ? "warning" : "note", msg);
 }
 
 static int
@@ -454,7 +421,6 @@ check(struct config *c)
         return 1;
     }
     lrt_types(rt, add_name, &ns);
-    lrt_free(rt);
     if (ns.n > 0)
         qsort(ns.v, ns.n, sizeof(*ns.v), cmp_name);
     printf("%s: ok; handles:", c->script);
@@ -462,7 +428,8 @@ check(struct config *c)
         printf(" %s", ns.v[i]);
     printf("%s\n", ns.n ? "" : " nothing");
     fflush(stdout);
-    check_names(&ns);
+    types_check_script(rt, print_warning, NULL);
+    lrt_free(rt);
     for (size_t i = 0; i < ns.n; i++)
         free(ns.v[i]);
     free(ns.v);

@@ -1,8 +1,12 @@
 /* types.c - the event types GetResponse is known to send. */
 #include "types.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "runtime.h"
+#include "../core/util.h"
 
 const char *const types_known[GRWHD_TYPES_KNOWN + 1] = {
     "contact_opened_message",
@@ -93,4 +97,86 @@ types_suggest(const char *name)
     }
     /* A third of the name wrong is a different name, not a typo. */
     return best_d <= strlen(name) / 3 + 1 ? best : NULL;
+}
+
+struct script_names {
+    char **v;           /* "name" or "name\0kind" for a non-function */
+    size_t n;
+    bool has_default, has_function;
+};
+
+static void
+collect(void *arg, const char *name, const char *other)
+{
+    struct script_names *ns = arg;
+    size_t len = strlen(name);
+    char *e;
+
+    if (other == NULL) {
+        ns->has_function = true;
+        if (strcmp(name, "default") == 0) {
+            ns->has_default = true;
+            return;
+        }
+    }
+    e = xmalloc(len + 1 + (other ? strlen(other) : 0) + 1);
+    memcpy(e, name, len + 1);
+    if (other != NULL)
+        strcpy(e + len + 1, other);
+    else
+        e[len + 1] = '\0';
+    ns->v = xrealloc(ns->v, (ns->n + 1) * sizeof(*ns->v));
+    ns->v[ns->n++] = e;
+}
+
+static int
+cmp_entry(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void
+types_check_script(struct lrt *rt, types_warn_fn *warn, void *arg)
+{
+    struct script_names ns = {0};
+    char msg[400];
+
+    lrt_types(rt, collect, &ns);
+    if (ns.n > 0)
+        qsort(ns.v, ns.n, sizeof(*ns.v), cmp_entry);
+    for (size_t i = 0; i < ns.n; i++) {
+        const char *name = ns.v[i], *other = name + strlen(name) + 1;
+        const char *hint = types_suggest(name);
+        bool is_default = strcmp(name, "default") == 0;
+
+        if (*other != '\0') {
+            /* Only names meant as handlers: a table may hold other data. */
+            if (is_default || types_is_known(name) || hint != NULL) {
+                snprintf(msg, sizeof(msg),
+                         "'%s' is a %s, not a function: its events %s", name,
+                         other, is_default ? "would be skipped"
+                                           : "go to default");
+                warn(arg, true, msg);
+            }
+        } else if (!types_is_known(name)) {
+            if (hint != NULL)
+                snprintf(msg, sizeof(msg),
+                         "'%s' is not a GetResponse event type; did you "
+                         "mean '%s'?", name, hint);
+            else
+                snprintf(msg, sizeof(msg),
+                         "'%s' is not a known GetResponse event type; it "
+                         "runs only if such events arrive", name);
+            warn(arg, true, msg);
+        }
+    }
+    if (!ns.has_function)
+        warn(arg, true, "no handler and no default: every event would be "
+                        "skipped");
+    else if (!ns.has_default)
+        warn(arg, false, "no default handler: events of other types are "
+                         "stored and skipped");
+    for (size_t i = 0; i < ns.n; i++)
+        free(ns.v[i]);
+    free(ns.v);
 }

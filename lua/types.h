@@ -15,4 +15,15 @@ bool types_is_known(const char *name);
  */
 const char *types_suggest(const char *name);
 
+struct lrt;
+
+/*
+ * Names of a loaded script that will never see an event, as far as is
+ * known: unknown types (with the likely meant one), handler names bound
+ * to something other than a function, no handler at all, no default.
+ * Each becomes one call of warn, serious or a note, in a stable order.
+ */
+typedef void types_warn_fn(void *arg, bool serious, const char *msg);
+void types_check_script(struct lrt *rt, types_warn_fn *warn, void *arg);
+
 #endif

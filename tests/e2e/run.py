@@ -1911,6 +1911,34 @@ return on
         peer.stop()
 
 
+def test_serve_warns_about_handler_names_and_unhandled_types(ctx):
+    """A mistyped handler name must not lose events without a word."""
+    p = os.path.join(ctx.dir, "mis.lua")
+    with open(p, "w") as f:
+        f.write("local on = {}\nfunction on.contact_subscribed() end\n"
+                "function on.contact_added() end\nreturn on\n")
+    d = ctx.daemon(args=["--script", p])
+    check(wait_for(lambda: "did you mean 'contact_added'" in d.stderr(), 5),
+          "no warning about contact_subscribed at start: %r"
+          % d.stderr()[-500:])
+    check(d.stderr().count("did you mean") == 1,
+          "the start warning is repeated per worker: %r" % d.stderr())
+    for n in range(3):
+        expect_ok(d.post(event_with_id(fixture("contact_moved.json"),
+                                       "mv-%d" % n)), "moved %d" % n)
+    expect_ok(d.post(fixture("contact_added.json")), "added")
+    pat = "no handler and no default for this type"
+    check(wait_for(lambda: pat in d.stderr(), 5),
+          "no warning for an event nothing handles: %r" % d.stderr()[-500:])
+    lines = [l for l in d.stderr().splitlines() if pat in l]
+    check(all("type=contact_moved" in l for l in lines) and
+          1 <= len(lines) <= 2,
+          "want one warning per worker at most: %r" % lines)
+    d.proc.send_signal(signal.SIGHUP)
+    check(wait_for(lambda: d.stderr().count("did you mean") == 2, 5),
+          "a reload does not repeat the warning")
+
+
 def test_check_warns_and_new_writes_a_starter(ctx):
     p = os.path.join(ctx.dir, "w.lua")
     with open(p, "w") as f:
@@ -3067,6 +3095,7 @@ TESTS = [
     test_secret_in_a_mistyped_path_is_redacted,
     test_access_line_says_why_and_which_callback,
     test_refusals_say_why_in_the_log,
+    test_serve_warns_about_handler_names_and_unhandled_types,
     test_batch_larger_than_backlog_bound_is_taken_when_idle,
     test_spool_retry_of_unknown_id_fails,
     test_spool_retry_of_a_repeated_id_counts_it_once,
