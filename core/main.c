@@ -468,16 +468,27 @@ new_script(const struct config *c)
           "-- Reference: docs/lua.md (installed in share/doc/grwhd).\n"
           "-- Try it: grwhd feed --script THIS_FILE payload.json\n"
           "local on = {}\n\n", f);
-    for (int i = 0; types_known[i]; i++)
-        fprintf(f,
-                "-- function on.%s(ev, meta)\n"
-                "--   local c = ev.contact or {}\n"
-                "--   grwhd.log.info(\"%s\", { contact = c.contactId })\n"
-                "-- end\n\n",
-                types_known[i], types_known[i]);
+    for (int i = 0; types_known[i]; i++) {
+        /* Account-level events carry no contact. */
+        if (strncmp(types_known[i], "contact_", 8) != 0)
+            fprintf(f,
+                    "-- function on.%s(ev, meta)\n"
+                    "--   grwhd.log.info(\"%s\", { at = ev.event and "
+                    "ev.event.occurredAt })\n"
+                    "-- end\n\n",
+                    types_known[i], types_known[i]);
+        else
+            fprintf(f,
+                    "-- function on.%s(ev, meta)\n"
+                    "--   local c = type(ev.contact) == \"table\" and "
+                    "ev.contact or {}\n"
+                    "--   grwhd.log.info(\"%s\", { contact = c.contactId })\n"
+                    "-- end\n\n",
+                    types_known[i], types_known[i]);
+    }
     fputs("-- Any type without its own function, including new ones.\n"
           "function on.default(ev, meta)\n"
-          "  grwhd.log.info(\"event\", { type = meta.type, id = meta.id })\n"
+          "  grwhd.log.info(\"event\", { type = meta.type })\n"
           "end\n\n"
           "return on\n", f);
     if (fclose(f) != 0) {

@@ -26,7 +26,7 @@ local function text(v)
 end
 
 function on.contact_added(ev, meta)
-  local c = ev.contact or {}
+  local c = type(ev.contact) == "table" and ev.contact or {}
   local headers = {
     ["Content-Type"] = "application/json",
     -- The same id on every attempt lets the endpoint drop repeats.

@@ -98,7 +98,7 @@ end
 
 -- Types GetResponse adds later arrive here instead of being lost.
 function on.default(ev, meta)
-  log.warn("event type without a handler", { type = meta.type, id = meta.id })
+  log.warn("event type without a handler", { type = meta.type })
 end
 
 return on

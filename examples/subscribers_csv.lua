@@ -25,7 +25,7 @@ end
 function init()
   local f, err = io.open(path, "a")
   if not f then
-    error("cannot open " .. path .. ": " .. err)
+    error(err, 0)   -- "<path>: <why>"
   end
   f:setvbuf("line")
   if f:seek("end") == 0 then
@@ -41,7 +41,7 @@ function close()
 end
 
 function contact_added(ev, meta)
-  local c = ev.contact or {}
+  local c = type(ev.contact) == "table" and ev.contact or {}
   local list = type(c.campaign) == "table" and c.campaign.name or nil
   local ok, err = out:write(table.concat({
     field(ev.event and ev.event.occurredAt), field(c.contactId),

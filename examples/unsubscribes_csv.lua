@@ -6,6 +6,8 @@
 -- contact_removed_link (unsubscribed through a link) and
 -- contact_removed_bounce add a line "occurred_at,contact_id,email,reason"
 -- to UNSUB_DIR/<list name>.csv, made with its header line when new.
+-- UNSUB_DIR must be a folder grwhd can write to (under the systemd unit,
+-- one below /var/lib/grwhd); the script refuses to load otherwise.
 local dir = os.getenv("UNSUB_DIR") or "unsubscribes"
 local on = {}
 
@@ -29,13 +31,25 @@ local function file_for(list)
   return dir .. "/" .. name .. ".csv"
 end
 
+-- Fails the load (the daemon then does not start, or keeps the old
+-- script) rather than every unsubscribe later.
+function on.init()
+  local probe = dir .. "/.grwhd-probe"
+  local f, err = io.open(probe, "a")
+  if not f then
+    error("UNSUB_DIR must be a folder grwhd can write to: " .. err, 0)
+  end
+  f:close()
+  os.remove(probe)
+end
+
 local function append(ev, reason)
-  local c = ev.contact or {}
+  local c = type(ev.contact) == "table" and ev.contact or {}
   local list = type(c.campaign) == "table" and c.campaign.name or nil
   local path = file_for(list)
   local f, err = io.open(path, "a")
   if not f then
-    error("cannot open " .. path .. ": " .. tostring(err))
+    error(err, 0)   -- "<path>: <why>"
   end
   if f:seek("end") == 0 then
     f:write("occurred_at,contact_id,email,reason\n")

@@ -2,7 +2,7 @@
 local M = { unrouted = 0 }
 
 local function list_of(ev)
-  local c = ev.contact or {}
+  local c = type(ev.contact) == "table" and ev.contact or {}
   return type(c.campaign) == "table" and c.campaign.name or nil
 end
 

@@ -1980,6 +1980,22 @@ def test_check_warns_and_new_writes_a_starter(ctx):
                                                        p.stdout[:80]))
     check(not os.path.exists(os.path.join(ctx.dir, "-")),
           "new - wrote a file named '-'")
+    # Every commented function, once uncommented, runs on its fixture and
+    # on an event whose contact is JSON null.
+    live = os.path.join(ctx.dir, "live.lua")
+    with open(live, "w") as f:
+        f.write(re.sub(r"(?m)^--   ", "  ",
+                       re.sub(r"(?m)^-- (function on\.|end)", r"\1", text)))
+    nulls = os.path.join(ctx.dir, "nulls.json")
+    with open(nulls, "w") as f:
+        json.dump([{"type": t, "contact": None} for t in sorted(HANDLED)
+                   if t != "default"], f)
+    payloads = sorted(os.path.join(FIXTURES, n) for n in os.listdir(FIXTURES)
+                      if n.endswith(".json"))
+    rc, out, err = grwhd_cli("feed", "--script", live, nulls, *payloads)
+    check(rc == 0 and "FAIL" not in out and out.count("\nok") >= 20,
+          "the uncommented starter fails: %d %r %r" % (rc, out[-400:],
+                                                      err[-400:]))
 
 
 def test_feed_reports_each_outcome(ctx):
@@ -2064,6 +2080,14 @@ def test_examples_run(ctx):
               lines[1].endswith(",link") and lines[2].endswith(",bounce"),
               "csv lines %r" % lines)
         d.stop()
+        # A folder that is not there fails the load, not every event.
+        r = subprocess.run([BIN, "check", "--script",
+                            os.path.join(EXAMPLES, "unsubscribes_csv.lua")],
+                           capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ,
+                                    UNSUB_DIR=os.path.join(udir, "none")))
+        check(r.returncode == 1 and "UNSUB_DIR must be a folder" in r.stderr,
+              "a missing UNSUB_DIR: %d %r" % (r.returncode, r.stderr[-300:]))
 
         # router: a module beside the handler, found by require.
         d = ctx.daemon(args=["--script", os.path.join(EXAMPLES, "router",
