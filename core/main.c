@@ -295,6 +295,7 @@ serve(struct config *c)
             if (c->admin)
                 log_str(&l, "admin", c->admin);
             log_str(&l, "tls", c->tls_cert ? "on" : "off");
+            log_int(&l, "secrets", (long long)auth->n);
             log_str(&l, "script", c->script);
             log_str(&l, "spool", c->spool);
             log_int(&l, "workers", c->workers);
@@ -332,9 +333,14 @@ serve(struct config *c)
                     log_msg_str(LOG_ERROR, "secret reload failed, old "
                                 "secrets kept", "error", err.msg);
                 } else if (!auth_same(&fresh, auth)) {
+                    struct log_line l;
+
                     server_set_auth(srv, &fresh);
                     *auth = fresh;
-                    log_msg(LOG_INFO, "secrets reloaded");
+                    if (log_begin(&l, LOG_INFO, "secrets reloaded")) {
+                        log_int(&l, "secrets", (long long)auth->n);
+                        log_end(&l);
+                    }
                 }
             }
             reload(c, &lc, d, "SIGHUP");

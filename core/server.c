@@ -982,6 +982,9 @@ server_start(const struct server_conf *conf, struct gerr *err)
         gerr_set(err, "cannot build responses");
         goto fail;
     }
+    /* First, or libmicrohttpd prints what comes before it itself. */
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
+                                        (intptr_t)mhd_log, NULL};
     if (conf->tls_cert != NULL) {
         /* Handshakes ask tls.c for the pair, so a reload swaps it. */
         if (tls_load(conf->tls_cert, conf->tls_key, err) != 0)
@@ -1009,8 +1012,6 @@ server_start(const struct server_conf *conf, struct gerr *err)
                                         (intptr_t)on_connection, s};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK,
                                         (intptr_t)on_request_line, s};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER,
-                                        (intptr_t)mhd_log, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
                                         NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};

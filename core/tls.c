@@ -66,8 +66,8 @@ unref(struct pair *p)
 
 /* GnuTLS checks that the key belongs to the first certificate here. */
 static int
-check_match(gnutls_datum_t *cert, gnutls_datum_t *key, const char *key_path,
-            struct gerr *err)
+check_match(gnutls_datum_t *cert, gnutls_datum_t *key, const char *cert_path,
+            const char *key_path, struct gerr *err)
 {
     gnutls_certificate_credentials_t cred;
     int rc;
@@ -80,12 +80,15 @@ check_match(gnutls_datum_t *cert, gnutls_datum_t *key, const char *key_path,
                                               GNUTLS_X509_FMT_PEM, NULL, 0);
     gnutls_certificate_free_credentials(cred);
     if (rc < 0) {
-        /* GnuTLS words a mismatch as "data not available"; say it. */
-        gerr_set(err, "%s: %s", key_path,
-                 rc == GNUTLS_E_CERTIFICATE_KEY_MISMATCH ||
-                         rc == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE
-                     ? "the key does not belong to the certificate"
-                     : gnutls_strerror(rc));
+        /* GnuTLS words a mismatch as "data not available"; say it.
+         * Either file may be the one that changed: name both. */
+        if (rc == GNUTLS_E_CERTIFICATE_KEY_MISMATCH ||
+            rc == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE)
+            gerr_set(err, "%s: the key does not belong to the certificate "
+                          "in %s", key_path, cert_path);
+        else
+            gerr_set(err, "%s, %s: %s", cert_path, key_path,
+                     gnutls_strerror(rc));
         return -1;
     }
     return 0;
@@ -135,7 +138,7 @@ tls_load(const char *cert_path, const char *key_path, struct gerr *err)
                  key_path, gnutls_strerror(rc));
         goto fail;
     }
-    if (check_match(&cert, &key, key_path, err) != 0)
+    if (check_match(&cert, &key, cert_path, key_path, err) != 0)
         goto fail;
     gnutls_free(cert.data);
     gnutls_memset(key.data, 0, key.size);
