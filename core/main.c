@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "admin.h"
@@ -63,6 +64,13 @@ load_secrets(const struct config *c, struct auth *a, struct gerr *err)
             return -1;
     if (c->secret_file != NULL && auth_add_file(a, c->secret_file, err) != 0)
         return -1;
+    if (c->secret_file != NULL) {
+        struct stat st;
+
+        if (stat(c->secret_file, &st) == 0 && (st.st_mode & S_IROTH))
+            log_msg_str(LOG_WARN, "the secret file is readable by every user "
+                        "(chmod o-r)", "file", c->secret_file);
+    }
     /* Pasted into the URL as it is, such a secret gets 403s, which
      * GetResponse never retries. */
     if (a->need_encoding > 0) {
