@@ -232,6 +232,15 @@ log_strn(struct log_line *l, const char *key, const char *val, size_t n)
 }
 
 void
+log_bare(struct log_line *l, const char *key, const char *val, size_t n)
+{
+    if (!l->on || l->full)
+        return;
+    put_key(l, key);
+    put(l, val, n);
+}
+
+void
 log_str(struct log_line *l, const char *key, const char *val)
 {
     log_strn(l, key, val, val ? strlen(val) : 0);

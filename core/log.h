@@ -44,6 +44,10 @@ void log_strn(struct log_line *l, const char *key, const char *val,
               size_t n);
 void log_int(struct log_line *l, const char *key, long long val);
 void log_num(struct log_line *l, const char *key, double val);
+/* A bare token (a number, true, false): unquoted in text and in JSON, so
+ * the caller vouches that it is valid JSON and holds no blank. */
+void log_bare(struct log_line *l, const char *key, const char *val,
+              size_t n);
 void log_end(struct log_line *l);
 
 /* One-field shorthands for the common cases. */

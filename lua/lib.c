@@ -2,6 +2,7 @@
 #include "lib.h"
 
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -115,7 +116,12 @@ push_fields(lua_State *L, int idx)
     while (lua_next(L, idx) != 0) {             /* key value */
         if (lua_type(L, -2) != LUA_TSTRING)
             luaL_error(L, "log fields must have string keys");
-        luaL_tolstring(L, -1, NULL);            /* key value text */
+        /* Numbers and booleans stay themselves: JSON logs keep their
+         * type (see write_line). */
+        if (lua_type(L, -1) == LUA_TNUMBER || lua_type(L, -1) == LUA_TBOOLEAN)
+            lua_pushvalue(L, -1);
+        else
+            luaL_tolstring(L, -1, NULL);        /* key value text */
         lua_pushvalue(L, -3);
         lua_insert(L, -2);                      /* key value key text */
         lua_rawset(L, texts);                   /* key value */
@@ -164,6 +170,49 @@ push_fields(lua_State *L, int idx)
 }
 
 /*
+ * The value on top as a field: integers, finite floats and booleans as
+ * bare tokens (numbers in JSON logs), anything else as text.
+ */
+static void
+write_value(lua_State *L, struct log_line *line, const char *name)
+{
+    char tmp[40];
+    int n;
+
+    if (lua_isboolean(L, -1)) {
+        if (lua_toboolean(L, -1))
+            log_bare(line, name, "true", 4);
+        else
+            log_bare(line, name, "false", 5);
+        return;
+    }
+    if (lua_isinteger(L, -1)) {
+        log_int(line, name, (long long)lua_tointeger(L, -1));
+        return;
+    }
+    if (lua_type(L, -1) == LUA_TNUMBER && isfinite(lua_tonumber(L, -1))) {
+        /* As tostring writes it, short of its ".0". */
+        n = snprintf(tmp, sizeof(tmp), "%.14g", (double)lua_tonumber(L, -1));
+        log_bare(line, name, tmp, (size_t)n);
+        return;
+    }
+    if (lua_type(L, -1) == LUA_TNUMBER) {
+        /* inf and nan are no JSON numbers. */
+        const char *t = luaL_tolstring(L, -1, NULL);
+
+        log_str(line, name, t);
+        lua_pop(L, 1);
+        return;
+    }
+    {
+        size_t tn;
+        const char *t = lua_tolstring(L, -1, &tn);
+
+        log_strn(line, name, t, tn);
+    }
+}
+
+/*
  * Writes one line: the message at msg_idx (text), the fields prepared by
  * push_fields at fields_idx (or nil there), and the event's ids.
  */
@@ -192,14 +241,12 @@ write_line(lua_State *L, enum log_level level, int msg_idx, int fields_idx)
         lua_Integer count = (lua_Integer)lua_rawlen(L, fields_idx);
 
         for (lua_Integer i = 1; i < count; i += 2) {
-            const char *name, *text;
-            size_t tn;
+            const char *name;
 
             lua_rawgeti(L, fields_idx, i);
             lua_rawgeti(L, fields_idx, i + 1);
             name = lua_tostring(L, -2);
-            text = lua_tolstring(L, -1, &tn);
-            log_strn(&line, name, text, tn);
+            write_value(L, &line, name);
             lua_pop(L, 2);
         }
     }

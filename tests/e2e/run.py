@@ -2424,7 +2424,8 @@ def test_script_log_fields_keep_the_daemons_names(ctx):
 local on = {}
 function on.default(ev, meta)
   grwhd.log.info("m", { level = "x", msg = "y", ts = "z", spool_id = "s",
-    attempt = "a", ["field.level"] = "f", ["a b"] = 1, a_b = 2, ok = "k" })
+    attempt = "a", ["field.level"] = "f", ["a b"] = 1, a_b = 2, ok = "k",
+    f = 1.5, t = true, no = false, inf = 1/0, big = 2^53 })
   grwhd.log.warn(string.rep('long "text"\n', 600), { after = "v" })
   grwhd.log.warn(string.rep("\1", 3000))
 end
@@ -2441,11 +2442,14 @@ return on
         want = {"level": "info", "msg": "m", "spool_id": 1, "attempt": 1,
                 "field.level": "f", "field.field.level": "x",
                 "field.msg": "y", "field.ts": "z", "field.spool_id": "s",
-                "field.attempt": "a", "a_b": "1", "field.a_b": "2",
-                "ok": "k"}
+                "field.attempt": "a", "a_b": 1, "field.a_b": 2,
+                "ok": "k", "f": 1.5, "t": True, "no": False, "inf": "inf",
+                "big": 9.007199254741e+15}
         got = {k: v for k, v in m[0].items() if k != "ts"}
         if fmt == "text":
-            want = {k: str(v) for k, v in want.items()}
+            want = {k: json.dumps(v) if isinstance(v, bool) else
+                    "9.007199254741e+15" if k == "big" else str(v)
+                    for k, v in want.items()}
         check(got == want, "%s: fields %r, want %r" % (fmt, got, want))
         long = [x for x in recs if x["level"] == "warn"]
         check(len(long) == 2, "%s: long lines %r" % (fmt, long))
