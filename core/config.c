@@ -85,6 +85,8 @@ static const struct opt opts[] = {
     {"json", OPT_FLAG, OFF(json), 0, 0, NULL, "spool dead: print JSON"},
     {"all", OPT_FLAG, OFF(all), 0, 0, NULL, "spool retry: every dead event"},
     {"yes", OPT_FLAG, OFF(yes), 0, 0, NULL, "spool purge-dead: really"},
+    {"strict", OPT_FLAG, OFF(strict), 0, 0, NULL,
+     "check: exit 1 on warnings too (for CI)"},
     {"help", OPT_FLAG, OFF(help), 0, 0, NULL, "this text"},
     {"version", OPT_FLAG, OFF(version), 0, 0, NULL, "print the version"},
 };

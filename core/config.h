@@ -44,6 +44,7 @@ struct config {
     bool json;
     bool all;
     bool yes;
+    bool strict;
     /* Arguments that are not options (payload files for feed). */
     const char **args;
     int nargs;

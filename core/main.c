@@ -43,7 +43,7 @@ usage(FILE *out)
 {
     fprintf(out,
             "usage: grwhd [serve] --script FILE [options]   run the receiver\n"
-            "       grwhd check --script FILE              compile the "
+            "       grwhd check --script FILE [--strict]   compile the "
             "script, list the types it handles\n"
             "       grwhd feed --script FILE [PAYLOAD|-]... run payloads "
             "through the handlers now\n"
@@ -418,8 +418,11 @@ cmp_name(const void *a, const void *b)
 static void
 print_warning(void *arg, bool serious, const char *msg)
 {
-    (void)arg;
+    int *warnings = arg;
+
     fprintf(stderr, "%s: %s\n", serious ? "warning" : "note", msg);
+    if (serious)
+        (*warnings)++;
 }
 
 static int
@@ -429,6 +432,7 @@ check(struct config *c)
     struct lrt_conf lc = lua_conf(c);
     struct lrt *rt = lrt_new(&lc, 0, &err);
     struct names ns = {0};
+    int warnings = 0;
 
     if (rt == NULL) {
         fprintf(stderr, "grwhd: %s\n", err.msg);
@@ -442,11 +446,16 @@ check(struct config *c)
         printf(" %s", ns.v[i]);
     printf("%s\n", ns.n ? "" : " nothing");
     fflush(stdout);
-    types_check_script(rt, print_warning, NULL);
+    types_check_script(rt, print_warning, &warnings);
     lrt_free(rt);
     for (size_t i = 0; i < ns.n; i++)
         free(ns.v[i]);
     free(ns.v);
+    if (c->strict && warnings > 0) {
+        fprintf(stderr, "grwhd: %d warning%s, and --strict\n", warnings,
+                warnings == 1 ? "" : "s");
+        return 1;
+    }
     return 0;
 }
 

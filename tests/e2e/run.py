@@ -1950,6 +1950,9 @@ def test_check_warns_and_new_writes_a_starter(ctx):
                 "function on.contact_opend_message() end\nreturn on\n")
     rc, out, err = grwhd_cli("check", "--script", p)
     check(rc == 0, "check rc %d" % rc)
+    rc, _, err2 = grwhd_cli("check", "--strict", "--script", p)
+    check(rc == 1 and "--strict" in err2, "check --strict: %d %r"
+          % (rc, err2[-200:]))
     check("'contact_subscribed'" in err and "'contact_added'" in err,
           "no suggestion for contact_subscribed: %r" % err)
     check("'contact_opened_message'" in err, "no typo suggestion: %r" % err)
@@ -1967,7 +1970,7 @@ def test_check_warns_and_new_writes_a_starter(ctx):
     s = os.path.join(ctx.dir, "starter.lua")
     rc, out, _ = grwhd_cli("new", s)
     check(rc == 0 and os.path.exists(s), "new: %d %r" % (rc, out))
-    rc, out, err = grwhd_cli("check", "--script", s)
+    rc, out, err = grwhd_cli("check", "--strict", "--script", s)
     check(rc == 0 and "handles: default" in out and "warning" not in err,
           "starter does not check clean: %r %r" % (out, err))
     with open(s) as f:
