@@ -967,7 +967,16 @@ server_start(const struct server_conf *conf, struct gerr *err)
     s->conf = *conf;
     s->conf.auth = NULL;
     s->auth = *conf->auth;
-    pthread_rwlock_init(&s->auth_lock, NULL);
+    {
+        /* A reload must not wait behind a steady stream of requests. */
+        pthread_rwlockattr_t ra;
+
+        pthread_rwlockattr_init(&ra);
+        pthread_rwlockattr_setkind_np(
+            &ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+        pthread_rwlock_init(&s->auth_lock, &ra);
+        pthread_rwlockattr_destroy(&ra);
+    }
     pthread_mutex_init(&s->wait_mu, NULL);
     pthread_mutex_init(&s->conn_mu, NULL);
     atomic_init(&s->stopping, false);
