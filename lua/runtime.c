@@ -313,8 +313,12 @@ lrt_new(const struct lrt_conf *conf, int worker, struct gerr *err)
         goto fail;
     lua_pushcfunction(L, l_pick_handlers);
     lua_insert(L, 1);                                   /* pick snap res */
-    if (lrt_pcall(L, 2, 1, err) != 0)                   /* handlers */
+    /* Its errors are about the script's result: no traceback to add. */
+    if (lua_pcall(L, 2, 1, 0) != LUA_OK) {              /* handlers */
+        gerr_set(err, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1)
+                                                  : "cannot pick handlers");
         goto fail;
+    }
     rt->handlers = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
     if (call_hook_fn(rt, "init", err) != 0)
