@@ -38,8 +38,9 @@ log_level_parse(const char *s, enum log_level *out)
     return -1;
 }
 
-/* Room kept at the end of a line: an ellipsis, a quote, a brace, \n. */
-#define LOG_TAIL 8
+/* Room kept at the end of a line: an ellipsis and a quote, or the
+ * truncated marker; then a brace and \n. */
+#define LOG_TAIL 24
 
 static void
 put(struct log_line *l, const char *s, size_t n)
@@ -160,6 +161,26 @@ close_quote(struct log_line *l)
     l->buf[l->len++] = '"';
 }
 
+/*
+ * Whether a field can begin: its key, separator and the first vmin bytes
+ * of its value must fit.  A key or a bare value is never written in part
+ * (a cut number would read as another number); when a field cannot
+ * begin, the line is closed and marked as cut (see log_end).
+ */
+static bool
+field_fits(struct log_line *l, const char *key, size_t vmin)
+{
+    size_t need = strlen(key) + (log_fmt == LOG_FORMAT_JSON ? 4 : 2) + vmin;
+
+    if (l->full)
+        return false;
+    if (l->len + need > sizeof(l->buf) - LOG_TAIL) {
+        l->full = l->dropped = true;
+        return false;
+    }
+    return true;
+}
+
 /* Keys may come from a script: anything but [A-Za-z0-9_.-] becomes '_'. */
 static void
 put_key(struct log_line *l, const char *key)
@@ -194,7 +215,7 @@ log_begin(struct log_line *l, enum log_level level, const char *msg)
         return false;
     l->level = level;
     l->len = 0;
-    l->cut = l->full = false;
+    l->cut = l->full = l->dropped = false;
     clock_gettime(CLOCK_REALTIME, &now);
     gmtime_r(&now.tv_sec, &tm);
     n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
@@ -215,26 +236,35 @@ log_begin(struct log_line *l, enum log_level level, const char *msg)
 void
 log_strn(struct log_line *l, const char *key, const char *val, size_t n)
 {
+    bool bare;
+
     if (!l->on || l->full)
         return;
     if (val == NULL) {
         val = "";
         n = 0;
     }
+    /* A bare text value goes whole or quoted, where a cut shows. */
+    bare = log_fmt == LOG_FORMAT_TEXT && !needs_quotes(val, n) &&
+           l->len + strlen(key) + 2 + n <= sizeof(l->buf) - LOG_TAIL;
+    /* A short value is shown whole or not at all, a long one may be cut
+     * (ending in ..."), so that most of it is still seen. */
+    if (!field_fits(l, key, bare ? n : n <= 64 ? n + 2 : 1))
+        return;
     put_key(l, key);
-    if (log_fmt == LOG_FORMAT_JSON || needs_quotes(val, n)) {
-        putc1(l, '"');
-        put_escaped(l, val, n);
-        close_quote(l);
-    } else {
+    if (bare) {
         put(l, val, n);
+        return;
     }
+    putc1(l, '"');
+    put_escaped(l, val, n);
+    close_quote(l);
 }
 
 void
 log_bare(struct log_line *l, const char *key, const char *val, size_t n)
 {
-    if (!l->on || l->full)
+    if (!l->on || !field_fits(l, key, n))
         return;
     put_key(l, key);
     put(l, val, n);
@@ -252,11 +282,10 @@ log_int(struct log_line *l, const char *key, long long val)
     char tmp[32];
     int n;
 
-    if (!l->on || l->full)
+    if (!l->on)
         return;
     n = snprintf(tmp, sizeof(tmp), "%lld", val);
-    put_key(l, key);
-    put(l, tmp, (size_t)n);
+    log_bare(l, key, tmp, (size_t)n);
 }
 
 void
@@ -265,11 +294,10 @@ log_num(struct log_line *l, const char *key, double val)
     char tmp[48];
     int n;
 
-    if (!l->on || l->full)
+    if (!l->on)
         return;
     n = snprintf(tmp, sizeof(tmp), "%.3f", val);
-    put_key(l, key);
-    put(l, tmp, (size_t)n);
+    log_bare(l, key, tmp, (size_t)n);
 }
 
 void
@@ -277,6 +305,14 @@ log_end(struct log_line *l)
 {
     if (!l->on)
         return;
+    /* Fields were left out whole: say so (the tail was kept for it). */
+    if (l->dropped) {
+        const char *m = log_fmt == LOG_FORMAT_JSON ? ",\"truncated\":true"
+                                                    : " truncated=true";
+
+        memcpy(l->buf + l->len, m, strlen(m));
+        l->len += strlen(m);
+    }
     if (log_fmt == LOG_FORMAT_JSON)
         l->buf[l->len++] = '}';
     l->buf[l->len++] = '\n';

@@ -28,6 +28,7 @@ struct log_line {
     bool on;
     bool cut;           /* ran out of room; the rest is dropped */
     bool full;          /* closed after a cut: nothing more is added */
+    bool dropped;       /* a whole field did not fit and was left out */
     enum log_level level;
     size_t len;
     char buf[GRWHD_LOG_LINE_MAX];

@@ -22,7 +22,7 @@
 
 /* Names the daemon writes on a script's line; fields get other names. */
 static const char *const own_names[] = {
-    "ts", "level", "msg", "spool_id", "attempt", NULL,
+    "ts", "level", "msg", "spool_id", "attempt", "truncated", NULL,
 };
 
 /*

@@ -285,7 +285,9 @@ START_TEST(log_truncates_long_value_without_overflow)
     ck_assert_int_eq(text[n - 1], '\n');
     ck_assert_int_eq(count_char(text, '\n'), 1);
     ck_assert_msg(strncmp(text, "ts=", 3) == 0, "%.900s", text);
-    ASSERT_HAS(text, " v=xxxx");
+    /* Too long to go bare: quoted, so the cut shows as ...". */
+    ASSERT_HAS(text, " v=\"xxxx");
+    ASSERT_HAS(text, "xxx...\"\n");
     ck_assert_ptr_null(strstr(text, "after="));
 
     /* Escapes grow a value six-fold; the bound still holds. */
@@ -378,6 +380,91 @@ START_TEST(log_cut_line_stays_valid)
 }
 END_TEST
 
+/*
+ * Many short fields: the bound falls inside a key or a number.  No field
+ * may be written in part (a cut number reads as another number), and the
+ * line says that fields were left out.
+ */
+START_TEST(log_fields_are_whole_or_left_out)
+{
+    for (int json = 0; json <= 1; json++) {
+        for (int pad = 0; pad < 12; pad++) {
+            struct log_line l;
+            char key[32];
+            int shown = 0;
+            size_t n;
+
+            recapture();
+            log_setup(LOG_INFO, json ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT);
+            ck_assert(log_begin(&l, LOG_INFO, "m"));
+            for (int i = 0; i < 600; i++) {
+                snprintf(key, sizeof(key), "k%d%.*s", i, pad, "zzzzzzzzzzzz");
+                if (i % 3 == 0)
+                    log_int(&l, key, 1000000 + i);
+                else if (i % 3 == 1)
+                    log_bare(&l, key, "true", 4);
+                else
+                    log_str(&l, key, "vv");
+            }
+            log_end(&l);
+            captured(&n);
+            ck_assert_uint_le(n, GRWHD_LOG_LINE_MAX);
+            if (json) {
+                cJSON *doc = cJSON_Parse(text), *it;
+
+                ck_assert_msg(doc != NULL, "pad=%d: not JSON: ...%s", pad,
+                              text + n - 40);
+                ck_assert_msg(cJSON_IsTrue(cJSON_GetObjectItem(doc,
+                                                               "truncated")),
+                              "pad=%d: ...%s", pad, text + n - 60);
+                cJSON_ArrayForEach(it, doc) {
+                    int i;
+
+                    if (sscanf(it->string, "k%d", &i) != 1)
+                        continue;
+                    shown++;
+                    snprintf(key, sizeof(key), "k%d%.*s", i, pad,
+                             "zzzzzzzzzzzz");
+                    ck_assert_str_eq(it->string, key);
+                    if (i % 3 == 0)
+                        ck_assert_int_eq((int)it->valuedouble, 1000000 + i);
+                    else if (i % 3 == 1)
+                        ck_assert(cJSON_IsTrue(it));
+                    else
+                        ck_assert_str_eq(it->valuestring, "vv");
+                }
+                cJSON_Delete(doc);
+            } else {
+                /* Every field but the marker is whole: kN<pad>=value. */
+                char *save = NULL, *tok;
+
+                ck_assert_msg(n > 16 && strcmp(text + n - 16,
+                                               " truncated=true\n") == 0,
+                              "pad=%d: ...%s", pad, text + n - 40);
+                text[n - 1] = '\0';
+                for (tok = strtok_r(text, " ", &save); tok;
+                     tok = strtok_r(NULL, " ", &save)) {
+                    int i;
+                    char want[64];
+
+                    if (sscanf(tok, "k%d", &i) != 1)
+                        continue;
+                    shown++;
+                    snprintf(want, sizeof(want), "k%d%.*s=%s", i, pad,
+                             "zzzzzzzzzzzz",
+                             i % 3 == 0 ? "" : i % 3 == 1 ? "true" : "vv");
+                    if (i % 3 == 0)
+                        snprintf(want, sizeof(want), "k%d%.*s=%d", i, pad,
+                                 "zzzzzzzzzzzz", 1000000 + i);
+                    ck_assert_str_eq(tok, want);
+                }
+            }
+            ck_assert_int_gt(shown, 100);
+        }
+    }
+}
+END_TEST
+
 Suite *
 log_suite(void)
 {
@@ -393,6 +480,7 @@ log_suite(void)
     tcase_add_test(tc, log_json_lines_parse);
     tcase_add_test(tc, log_truncates_long_value_without_overflow);
     tcase_add_test(tc, log_json_long_value_still_parses);
+    tcase_add_test(tc, log_fields_are_whole_or_left_out);
     tcase_add_loop_test(tc, log_cut_line_stays_valid, 0,
                         (int)(sizeof(fills) / sizeof(fills[0])));
     suite_add_tcase(s, tc);
