@@ -301,6 +301,12 @@ log_num(struct log_line *l, const char *key, double val)
 }
 
 void
+log_truncated(struct log_line *l)
+{
+    l->dropped = true;
+}
+
+void
 log_end(struct log_line *l)
 {
     if (!l->on)

@@ -49,6 +49,8 @@ void log_num(struct log_line *l, const char *key, double val);
  * the caller vouches that it is valid JSON and holds no blank. */
 void log_bare(struct log_line *l, const char *key, const char *val,
               size_t n);
+/* Says, at the line's end, that some fields were left out. */
+void log_truncated(struct log_line *l);
 void log_end(struct log_line *l);
 
 /* One-field shorthands for the common cases. */

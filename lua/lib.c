@@ -19,6 +19,12 @@
  * so a long message cannot push the event's ids out of its line.
  */
 #define LIB_LOG_MSG_MAX (GRWHD_LOG_LINE_MAX - 256)
+/*
+ * Fields a line takes at most, more than a line can show.  Renaming keys
+ * that collide costs about the cube of their number, in C, where the
+ * handler's time limit cannot stop it.
+ */
+#define LIB_LOG_FIELDS_MAX 256
 
 /* Names the daemon writes on a script's line; fields get other names. */
 static const char *const own_names[] = {
@@ -107,6 +113,7 @@ static void
 push_fields(lua_State *L, int idx)
 {
     int texts, used, count = 0;
+    bool more;
     struct field_key *keys;
 
     luaL_checkstack(L, 8, "log fields");
@@ -138,6 +145,9 @@ push_fields(lua_State *L, int idx)
         count++;
     }
     qsort(keys, (size_t)count, sizeof(*keys), field_key_cmp);
+    more = count > LIB_LOG_FIELDS_MAX;
+    if (more)
+        count = LIB_LOG_FIELDS_MAX;
     lua_newtable(L);                            /* used: name -> true */
     used = lua_gettop(L);
     for (int i = 0; own_names[i] != NULL; i++) {
@@ -164,6 +174,10 @@ push_fields(lua_State *L, int idx)
         lua_pushlstring(L, keys[i].s, keys[i].n);
         lua_rawget(L, texts);
         lua_rawseti(L, -2, 2 * i + 2);
+    }
+    if (more) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "more");    /* fields were left out */
     }
     lua_replace(L, texts);                      /* out keys used */
     lua_settop(L, texts);                       /* out */
@@ -249,6 +263,9 @@ write_line(lua_State *L, enum log_level level, int msg_idx, int fields_idx)
             write_value(L, &line, name);
             lua_pop(L, 2);
         }
+        if (lua_getfield(L, fields_idx, "more") == LUA_TBOOLEAN)
+            log_truncated(&line);
+        lua_pop(L, 1);
     }
     log_end(&line);
 }

@@ -2420,6 +2420,39 @@ def log_records(text, fmt):
     return records
 
 
+def test_script_log_with_many_fields_is_cut_and_says_so(ctx):
+    """Thousands of fields (colliding names among them) give one bounded
+    line that says it was cut, in every format."""
+    text = r"""
+local on = {}
+function on.default(ev, meta)
+  local f = {}
+  for i = 1, 3000 do
+    f["x" .. string.char(1, i % 200 + 1) .. string.rep("y", i // 200)] = i
+  end
+  grwhd.log.info("many", f)
+  local g = {}
+  for i = 1, 300 do g[string.format("k%03d", i)] = i end
+  grwhd.log.info("some", g)
+end
+return on
+"""
+    for fmt in ("json", "text"):
+        r = feed_script(ctx, text, '{"type":"t"}',
+                        args=["--log-format", fmt, "--handler-timeout", "2"])
+        check(r.returncode == 0, "%s: rc %d err %r" % (fmt, r.returncode,
+                                                      r.stderr[-300:]))
+        recs = log_records(r.stderr, fmt)
+        for msg in ("many", "some"):
+            m = [x for x in recs if x["msg"] == msg]
+            check(len(m) == 1 and m[0].get("truncated") in (True, "true"),
+                  "%s %s: not marked as cut: %r" % (fmt, msg, m))
+        some = [x for x in recs if x["msg"] == "some"][0]
+        ks = sorted(k for k in some if k.startswith("k"))
+        check(ks and ks == ["k%03d" % i for i in range(1, len(ks) + 1)],
+              "%s: fields not whole and in order: %r" % (fmt, ks[-3:]))
+
+
 def test_script_log_fields_keep_the_daemons_names(ctx):
     """Fields named like the daemon's own are renamed, and a long message
     is cut so that the event's ids stay in its line."""
@@ -3131,6 +3164,7 @@ TESTS = [
     test_access_line_says_why_and_which_callback,
     test_refusals_say_why_in_the_log,
     test_serve_warns_about_handler_names_and_unhandled_types,
+    test_script_log_with_many_fields_is_cut_and_says_so,
     test_batch_larger_than_backlog_bound_is_taken_when_idle,
     test_spool_retry_of_unknown_id_fails,
     test_spool_retry_of_a_repeated_id_counts_it_once,
