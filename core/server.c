@@ -242,21 +242,63 @@ plain_name(const char *key, const char *value)
     return n > 0;
 }
 
+/* Whether s is one of the secrets (a name may be one, typed wrong). */
+static bool
+is_secret(struct server *srv, const char *s)
+{
+    bool yes;
+
+    pthread_rwlock_rdlock(&srv->auth_lock);
+    yes = !auth_open(&srv->auth) && auth_check(&srv->auth, s, strlen(s));
+    pthread_rwlock_unlock(&srv->auth_lock);
+    return yes;
+}
+
 static enum MHD_Result
 add_query_key(void *cls, enum MHD_ValueKind kind, const char *key,
               const char *value)
 {
     struct req *r = cls;
     size_t n = strlen(r->path);
+    bool action;
 
     (void)kind;
     /* Values are not logged (one is the secret, another may be an e-mail)
-     * but for a legacy callback's action, which says what it is. */
+     * but for a legacy callback's action, which says what it is, when it
+     * is a plain word. */
+    action = value != NULL && strcasecmp(key, "action") == 0 &&
+             strcmp(r->method, MHD_HTTP_METHOD_GET) == 0 &&
+             plain_name(value, "") && !is_secret(r->srv, value);
     snprintf(r->path + n, sizeof(r->path) - n, "%s%s=%s",
              strchr(r->path, '?') ? "&" : "?",
-             plain_name(key, value) ? key : "REDACTED",
-             strcasecmp(key, "action") == 0 && value ? value : "REDACTED");
+             plain_name(key, value) && !is_secret(r->srv, key) ? key
+                                                              : "REDACTED",
+             action ? value : "REDACTED");
     return MHD_YES;
+}
+
+/*
+ * The request target as logged: an absolute URL ("http://user:pw@host/p")
+ * loses its scheme and authority, which may hold a password; any other
+ * target that is not a path is not shown.
+ */
+static void
+log_path(char *out, size_t cap, const char *url)
+{
+    const char *s = strstr(url, "://");
+
+    if (url[0] == '/') {
+        snprintf(out, cap, "%s", url);
+    } else if (s != NULL && s > url &&
+               strspn(url, "abcdefghijklmnopqrstuvwxyz"
+                           "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.") ==
+                   (size_t)(s - url)) {
+        const char *p = s + 3 + strcspn(s + 3, "/?#");
+
+        snprintf(out, cap, "%s%s", *p == '/' ? "" : "/", p);
+    } else {
+        snprintf(out, cap, "REDACTED");
+    }
 }
 
 /*
@@ -269,7 +311,8 @@ redact_path(char *path, const char *param)
     size_t pn = strlen(param);
     char *p = path;
 
-    while ((p = strstr(p, param)) != NULL) {
+    /* Query names match ignoring case, so the path is searched so too. */
+    while ((p = strcasestr(p, param)) != NULL) {
         char *v = p + pn, *end;
 
         if (*v != '=') {
@@ -337,7 +380,7 @@ req_new(struct server *srv, struct MHD_Connection *conn, const char *url,
     ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     if (ci != NULL)
         r->slot = ci->socket_context;
-    snprintf(r->path, sizeof(r->path), "%s", url);
+    log_path(r->path, sizeof(r->path), url);
     redact_path(r->path, srv->conf.secret_param);
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_query_key, r);
     peer_addr(conn, r->remote);
@@ -360,6 +403,7 @@ req_unref(struct req *r)
 }
 
 struct params {
+    struct server *srv;
     struct legacy_param p[GRWHD_LEGACY_PARAMS];
     size_t n;
 };
@@ -373,6 +417,9 @@ add_param(void *cls, enum MHD_ValueKind kind, const char *key,
     (void)kind;
     if (ps->n == GRWHD_LEGACY_PARAMS)
         return MHD_NO;
+    /* A secret typed as a name is dropped like the secret's value. */
+    if (is_secret(ps->srv, key))
+        return MHD_YES;
     ps->p[ps->n].key = key;
     ps->p[ps->n].value = value ? value : "";
     ps->n++;
@@ -387,7 +434,7 @@ add_param(void *cls, enum MHD_ValueKind kind, const char *key,
 static enum MHD_Result
 on_legacy(struct req *r)
 {
-    struct params ps = {.n = 0};
+    struct params ps = {.srv = r->srv, .n = 0};
     char *text;
 
     MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, add_param, &ps);

@@ -2658,16 +2658,36 @@ return on
 def test_secret_in_a_mistyped_path_is_redacted(ctx):
     d = ctx.daemon()
     # In the path, as a bare query name, or with its "=" escaped.
+    # ... in any case, as a name with a value, or in an absolute URL's
+    # password.
     paths = ("/wh/secret=%s" % SECRET, "/wh/secret=%s/x" % SECRET,
              "/wh?%s" % SECRET, "/wh?secret%%3D%s" % SECRET,
-             "/wh?x=1&%s=" % SECRET[:-1] + "%2B")
+             "/wh?x=1&%s=" % SECRET[:-1] + "%2B", "/wh/SECRET=%s" % SECRET,
+             "/wh?%s=1" % SECRET, "http://u:%s@127.0.0.1/wh" % SECRET,
+             "/wh?action=subscribe%%26secret%%3D%s" % SECRET)
     for path in paths:
         st, _, _ = d.request("POST", path, b"{}")
         check(st == 403, "%s: %d" % (path, st))
-    check(wait_for(lambda: d.stderr().count("status=403") >= len(paths), 3),
+    st, _, _ = d.request("POST", "/wh/Secret=%s/x?secret=%s"
+                         % (SECRET, SECRET), b"{}")
+    check(st == 200, "secret in path and query: %d" % st)
+    st, _, _ = d.request("GET", "/cb?action=open&%s=&secret=%s"
+                         % (SECRET, SECRET))
+    check(st == 200, "callback with the secret as a name too: %d" % st)
+    d.wait_calls(2)
+    check(wait_for(lambda: d.stderr().count("status=") >= len(paths) + 2, 3),
           "no access lines")
-    check(SECRET not in d.stderr(), "the secret reached the log")
+    check(SECRET not in d.stderr(), "the secret reached the log: %r"
+          % [l for l in d.stderr().splitlines() if SECRET in l])
     check("secret=REDACTED/x" in d.stderr(), "path not kept around it")
+    check(re.search(r'path="?/wh"? status=403', d.stderr()),
+          "absolute URL not logged by its path")
+    d.stop()
+    db = sqlite3.connect(d.spool)
+    stored = [j for (j,) in db.execute("SELECT json FROM events")]
+    db.close()
+    check(not any(SECRET in j for j in stored),
+          "the secret reached the spool: %r" % stored)
 
 
 def test_access_line_says_why_and_which_callback(ctx):
