@@ -243,7 +243,17 @@ read_env(struct config *c, struct gerr *err)
             continue;
         env_name(opts[i].name, name, sizeof(name));
         v = getenv(name);
-        if (v != NULL && v[0] != '\0' && set_opt(c, &opts[i], v, name, err))
+        if (v == NULL)
+            continue;
+        /* An empty variable counts as unset, but for the secrets: one
+         * meant to be set and left empty would open the door. */
+        if (v[0] == '\0' && strncmp(opts[i].name, "secret", 6) != 0)
+            continue;
+        if (v[0] == '\0' && strcmp(opts[i].name, "secret-param") != 0) {
+            gerr_set(err, "%s is set but empty", name);
+            return -1;
+        }
+        if (v[0] != '\0' && set_opt(c, &opts[i], v, name, err))
             return -1;
     }
     return 0;

@@ -2572,6 +2572,14 @@ def test_options_from_environment_and_config_file(ctx):
         f.write("workers = lots\n")
     rc, _, err = grwhd_cli("--config", bad, "--script", HANDLER)
     check(rc == 2 and "bad.conf:1" in err, "bad config: %d %r" % (rc, err))
+    # A secret variable set but empty (a drop-in's unset ${X}) must not
+    # leave the daemon open; other empty variables count as unset.
+    for var in ("GRWHD_SECRET", "GRWHD_SECRET_FILE"):
+        p = subprocess.run([BIN, "--script", HANDLER], capture_output=True,
+                           text=True, timeout=20,
+                           env=dict(os.environ, **{var: ""}))
+        check(p.returncode == 2 and "set but empty" in p.stderr,
+              "%s empty: %d %r" % (var, p.returncode, p.stderr[-200:]))
 
 
 def test_make_install_lays_out_files(ctx):
