@@ -80,7 +80,7 @@ int
 auth_add_file(struct auth *a, const char *path, struct gerr *err)
 {
     /* Room for every secret at full length, with CRLFs and comments. */
-    enum { cap = 4 * GRWHD_AUTH_MAX_SECRETS * (GRWHD_AUTH_SECRET_MAX + 2) };
+    enum { cap = 64 * 1024 };
     char *buf = NULL;
     size_t len = 0;
     int lineno = 0, found = 0, rc = -1;
@@ -115,8 +115,8 @@ auth_add_file(struct auth *a, const char *path, struct gerr *err)
             break;
         len += (size_t)got;
         if (len > cap) {
-            gerr_set(err, "%s: larger than %d bytes, not a secret file",
-                     path, (int)cap);
+            gerr_set(err, "%s: larger than 64 KiB, not a secret file",
+                     path);
             goto out;
         }
     }

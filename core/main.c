@@ -67,9 +67,11 @@ load_secrets(const struct config *c, struct auth *a, struct gerr *err)
     if (c->secret_file != NULL) {
         struct stat st;
 
-        if (stat(c->secret_file, &st) == 0 && (st.st_mode & S_IROTH))
-            log_msg_str(LOG_WARN, "the secret file is readable by every user "
-                        "(chmod o-r)", "file", c->secret_file);
+        /* Writable by all, anyone could add a secret of their own. */
+        if (stat(c->secret_file, &st) == 0 && (st.st_mode & (S_IROTH |
+                                                             S_IWOTH)))
+            log_msg_str(LOG_WARN, "every user may read or write the secret "
+                        "file (chmod o-rw)", "file", c->secret_file);
     }
     /* Pasted into the URL as it is, such a secret gets 403s, which
      * GetResponse never retries. */

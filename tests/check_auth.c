@@ -252,9 +252,17 @@ START_TEST(auth_file_must_be_a_small_regular_file)
     memset(big, '#', sizeof(big) - 1);
     path = secret_file(big);
     ck_assert_int_eq(auth_add_file(&a, path, &err), -1);
-    ck_assert_msg(strstr(err.msg, "not a secret file") != NULL, "%s",
+    ck_assert_msg(strstr(err.msg, "larger than 64 KiB") != NULL, "%s",
                   err.msg);
     ck_assert(auth_open(&a));
+    /* 64 KiB itself is fine: one secret and comments. */
+    memset(big, '#', 65536);
+    big[65534] = '\n';
+    big[65535] = 'k';
+    big[65536] = '\0';
+    path = secret_file(big);
+    ck_assert_msg(auth_add_file(&a, path, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(a.n, 1);
 }
 END_TEST
 
