@@ -417,12 +417,29 @@ cmp_name(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Names come from the script: control bytes are shown, not sent to the
+ * terminal. */
+static void
+put_clean(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+
+        if (c < 0x20 || c == 0x7f)
+            fprintf(f, "\\x%02x", c);
+        else
+            fputc(c, f);
+    }
+}
+
 static void
 print_warning(void *arg, bool serious, const char *msg)
 {
     int *warnings = arg;
 
-    fprintf(stderr, "%s: %s\n", serious ? "warning" : "note", msg);
+    fprintf(stderr, "%s: ", serious ? "warning" : "note");
+    put_clean(stderr, msg);
+    fputc('\n', stderr);
     if (serious)
         (*warnings)++;
 }
@@ -444,8 +461,10 @@ check(struct config *c)
     if (ns.n > 0)
         qsort(ns.v, ns.n, sizeof(*ns.v), cmp_name);
     printf("%s: ok; handles:", c->script);
-    for (size_t i = 0; i < ns.n; i++)
-        printf(" %s", ns.v[i]);
+    for (size_t i = 0; i < ns.n; i++) {
+        putchar(' ');
+        put_clean(stdout, ns.v[i]);
+    }
     printf("%s\n", ns.n ? "" : " nothing");
     fflush(stdout);
     types_check_script(rt, print_warning, &warnings);

@@ -1956,6 +1956,14 @@ def test_check_warns_and_new_writes_a_starter(ctx):
     rc, _, err2 = grwhd_cli("check", "--strict", "--script", p)
     check(rc == 1 and "--strict" in err2, "check --strict: %d %r"
           % (rc, err2[-200:]))
+    # Names are the script's: control bytes must not reach the terminal.
+    q = os.path.join(ctx.dir, "ctl.lua")
+    with open(q, "w") as f:
+        f.write('return { ["a\\nlevel=error\\27[31m"] = function() end }\n')
+    rc, out, err2 = grwhd_cli("check", "--script", q)
+    check(rc == 0 and "\x1b" not in out + err2 and
+          out.count("\n") == 1 and "a\\x0alevel" in out,
+          "control bytes in check's output: %r %r" % (out, err2))
     check("'contact_subscribed'" in err and "'contact_added'" in err,
           "no suggestion for contact_subscribed: %r" % err)
     check("'contact_opened_message'" in err, "no typo suggestion: %r" % err)
