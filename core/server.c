@@ -872,6 +872,10 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             atomic_load(&r->slot->cut))
             snprintf(r->error, sizeof(r->error),
                      "request not in full within --conn-timeout");
+        else if (r->error[0] == '\0' &&
+                 toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED)
+            snprintf(r->error, sizeof(r->error),
+                     "the client sent nothing for --conn-timeout");
         if (r->error[0] != '\0')
             log_str(&l, "error", r->error);
         /*

@@ -2973,6 +2973,24 @@ def test_slow_headers_are_cut(ctx):
     check(wait_for(lambda: any("slow" in l and "127.0.0.1" in l
                                for l in d.stderr().splitlines()), 3),
           "no log line naming the slow peer: %r" % d.stderr()[-400:])
+    # Headers, then silence: libmicrohttpd's idle timeout ends it first.
+    before = d.stderr().count("aborted=")
+    s = d.tls_socket(timeout=10)
+    s.sendall(body_head)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 6:
+        try:
+            if not s.recv(1000):
+                break
+        except (OSError, ssl.SSLError):
+            break
+    s.close()
+    check(wait_for(lambda: d.stderr().count("aborted=") > before, 3),
+          "no access line for the silent client: %r" % d.stderr()[-400:])
+    for line in d.stderr().splitlines():
+        if "aborted=" in line:
+            check("error=" in line, "an aborted request without a reason: "
+                  "%r" % line)
     check(SECRET not in d.stderr(), "the secret appears in stderr")
     d.wait_calls(1)
 
