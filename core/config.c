@@ -247,13 +247,14 @@ read_env(struct config *c, struct gerr *err)
             continue;
         /* An empty variable counts as unset, but for the secrets: one
          * meant to be set and left empty would open the door. */
-        if (v[0] == '\0' && strncmp(opts[i].name, "secret", 6) != 0)
-            continue;
-        if (v[0] == '\0' && strcmp(opts[i].name, "secret-param") != 0) {
+        if (v[0] == '\0') {
+            if (strcmp(opts[i].name, "secret") != 0 &&
+                strcmp(opts[i].name, "secret-file") != 0)
+                continue;
             gerr_set(err, "%s is set but empty", name);
             return -1;
         }
-        if (v[0] != '\0' && set_opt(c, &opts[i], v, name, err))
+        if (set_opt(c, &opts[i], v, name, err))
             return -1;
     }
     return 0;

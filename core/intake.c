@@ -329,9 +329,13 @@ load_key(void *arg, const unsigned char *key, double seen_at)
     keyset_add(&in->gen[0], key);
 }
 
+/*
+ * Stores the jobs' events and the outcomes in one transaction.  On
+ * success *finished counts the events now done or dead.
+ */
 static int
 write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
-          double now)
+          double now, int64_t *finished)
 {
     bool dedupe = in->conf.dedupe_window > 0;
 
@@ -395,6 +399,7 @@ write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
         if (st == SPOOL_SCHEDULED)
             c->retry_in = next_at - now;
         c->result = st;
+        *finished += st == SPOOL_DONE || st == SPOOL_DEAD;
     }
     if (spool_commit(in->spool) == 0) {
         if (dedupe)
@@ -404,6 +409,7 @@ write_all(struct intake *in, struct intake_job *jobs, struct completion *cs,
 fail:
     spool_rollback(in->spool);
     keyset_clear(&in->txn);
+    *finished = 0;
     return -1;
 }
 
@@ -425,6 +431,21 @@ log_failure(const struct completion *c)
         log_num(&l, "retry_in_s", c->retry_in);
     log_str(&l, "error", c->error);
     log_end(&l);
+}
+
+/* The log line and the metrics of recorded outcomes, then their memory. */
+static void
+report_completions(struct completion *c)
+{
+    for (; c; c = c->next) {
+        if (c->kind == MARK_FAIL)
+            log_failure(c);
+        if (c->kind != MARK_START)
+            metrics_handled(c->type_index,
+                            c->result == SPOOL_DONE    ? METRICS_OK
+                            : c->result == SPOOL_DEAD ? METRICS_DEAD
+                                                      : METRICS_RETRY);
+    }
 }
 
 static void
@@ -545,7 +566,7 @@ intake_main(void *arg)
         pthread_mutex_unlock(&in->mu);
 
         now = util_now();
-        rc = (jobs || cs) ? write_all(in, jobs, cs, now) : 0;
+        rc = (jobs || cs) ? write_all(in, jobs, cs, now, &finished) : 0;
         if (rc != 0)
             log_msg_str(LOG_ERROR, "spool write failed", "error",
                         spool_errmsg(in->spool));
@@ -554,9 +575,6 @@ intake_main(void *arg)
             if (rc == 0)
                 stored += (int64_t)(j->n - j->duplicates);
         }
-        for (struct completion *c = cs; rc == 0 && c; c = c->next)
-            if (c->result == SPOOL_DONE || c->result == SPOOL_DEAD)
-                finished++;
 
         pthread_mutex_lock(&in->mu);
         if (jobs || cs)
@@ -574,17 +592,8 @@ intake_main(void *arg)
          * sees an outcome also sees the backlog without that event.
          */
         for (struct intake_job *j = jobs; rc == 0 && j; j = j->next)
-            for (size_t k = 0; k < j->duplicates; k++)
-                metrics_duplicate();
-        for (struct completion *c = cs; c; c = c->next) {
-            if (c->kind == MARK_FAIL)
-                log_failure(c);
-            if (c->kind != MARK_START)
-                metrics_handled(c->type_index,
-                                c->result == SPOOL_DONE    ? METRICS_OK
-                                : c->result == SPOOL_DEAD ? METRICS_DEAD
-                                                          : METRICS_RETRY);
-        }
+            metrics_duplicates(j->duplicates);
+        report_completions(cs);
 
         for (struct intake_job *j = jobs; j; j = next) {
             next = j->next;

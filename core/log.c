@@ -168,13 +168,19 @@ close_quote(struct log_line *l)
  * begin, the line is closed and marked as cut (see log_end).
  */
 static bool
-field_fits(struct log_line *l, const char *key, size_t vmin)
+room_for(const struct log_line *l, const char *key, size_t vmin)
 {
     size_t need = strlen(key) + (log_fmt == LOG_FORMAT_JSON ? 4 : 2) + vmin;
 
+    return l->len + need <= sizeof(l->buf) - LOG_TAIL;
+}
+
+static bool
+field_fits(struct log_line *l, const char *key, size_t vmin)
+{
     if (l->full)
         return false;
-    if (l->len + need > sizeof(l->buf) - LOG_TAIL) {
+    if (!room_for(l, key, vmin)) {
         l->full = l->dropped = true;
         return false;
     }
@@ -246,7 +252,7 @@ log_strn(struct log_line *l, const char *key, const char *val, size_t n)
     }
     /* A bare text value goes whole or quoted, where a cut shows. */
     bare = log_fmt == LOG_FORMAT_TEXT && !needs_quotes(val, n) &&
-           l->len + strlen(key) + 2 + n <= sizeof(l->buf) - LOG_TAIL;
+           room_for(l, key, n);
     /* A short value is shown whole or not at all, a long one may be cut
      * (ending in ..."), so that most of it is still seen. */
     if (!field_fits(l, key, bare ? n : n <= 64 ? n + 2 : 1))

@@ -395,28 +395,6 @@ out:
     return rc;
 }
 
-struct names {
-    char **v;
-    size_t n;
-};
-
-static void
-add_name(void *arg, const char *name, const char *other)
-{
-    struct names *ns = arg;
-
-    if (other != NULL)
-        return;     /* not a function: types_check_script says so */
-    ns->v = xrealloc(ns->v, (ns->n + 1) * sizeof(*ns->v));
-    ns->v[ns->n++] = xstrdup(name);
-}
-
-static int
-cmp_name(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* Names come from the script: control bytes are shown, not sent to the
  * terminal. */
 static void
@@ -450,28 +428,28 @@ check(struct config *c)
     struct gerr err;
     struct lrt_conf lc = lua_conf(c);
     struct lrt *rt = lrt_new(&lc, 0, &err);
-    struct names ns = {0};
+    struct types_entry *e;
+    size_t n, handlers = 0;
     int warnings = 0;
 
     if (rt == NULL) {
         fprintf(stderr, "grwhd: %s\n", err.msg);
         return 1;
     }
-    lrt_types(rt, add_name, &ns);
-    if (ns.n > 0)
-        qsort(ns.v, ns.n, sizeof(*ns.v), cmp_name);
+    n = types_entries(rt, &e);
     printf("%s: ok; handles:", c->script);
-    for (size_t i = 0; i < ns.n; i++) {
+    for (size_t i = 0; i < n; i++) {
+        if (e[i].kind != NULL)
+            continue;   /* not a function: the warnings say so */
         putchar(' ');
-        put_clean(stdout, ns.v[i]);
+        put_clean(stdout, e[i].name);
+        handlers++;
     }
-    printf("%s\n", ns.n ? "" : " nothing");
+    printf("%s\n", handlers ? "" : " nothing");
     fflush(stdout);
+    types_entries_free(e, n);
     types_check_script(rt, print_warning, &warnings);
     lrt_free(rt);
-    for (size_t i = 0; i < ns.n; i++)
-        free(ns.v[i]);
-    free(ns.v);
     if (c->strict && warnings > 0) {
         fprintf(stderr, "grwhd: %d warning%s, and --strict\n", warnings,
                 warnings == 1 ? "" : "s");

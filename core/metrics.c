@@ -73,9 +73,10 @@ metrics_received(const char *type)
 }
 
 void
-metrics_duplicate(void)
+metrics_duplicates(size_t n)
 {
-    atomic_fetch_add(&duplicates, 1);
+    if (n > 0)
+        atomic_fetch_add(&duplicates, n);
 }
 
 void

@@ -21,7 +21,7 @@ enum metrics_result {
 
 void metrics_request(unsigned status);
 void metrics_received(const char *type);
-void metrics_duplicate(void);
+void metrics_duplicates(size_t n);
 void metrics_handled(int type_index, enum metrics_result r);
 void metrics_ack_latency(double seconds);
 void metrics_handler_latency(double seconds);

@@ -260,7 +260,7 @@ add_query_key(void *cls, enum MHD_ValueKind kind, const char *key,
 {
     struct req *r = cls;
     size_t n = strlen(r->path);
-    bool action;
+    bool action, show;
 
     (void)kind;
     /* Values are not logged (one is the secret, another may be an e-mail)
@@ -269,10 +269,12 @@ add_query_key(void *cls, enum MHD_ValueKind kind, const char *key,
     action = value != NULL && strcasecmp(key, "action") == 0 &&
              strcmp(r->method, MHD_HTTP_METHOD_GET) == 0 &&
              plain_name(value, "") && !is_secret(r->srv, value);
+    /* The secret's own parameter, on every request, needs no hashing. */
+    show = plain_name(key, value) &&
+           (strcasecmp(key, r->srv->conf.secret_param) == 0 ||
+            !is_secret(r->srv, key));
     snprintf(r->path + n, sizeof(r->path) - n, "%s%s=%s",
-             strchr(r->path, '?') ? "&" : "?",
-             plain_name(key, value) && !is_secret(r->srv, key) ? key
-                                                              : "REDACTED",
+             strchr(r->path, '?') ? "&" : "?", show ? key : "REDACTED",
              action ? value : "REDACTED");
     return MHD_YES;
 }

@@ -191,6 +191,8 @@ static void
 write_value(lua_State *L, struct log_line *line, const char *name)
 {
     char tmp[40];
+    const char *t;
+    size_t tn;
     int n;
 
     if (lua_isboolean(L, -1)) {
@@ -210,20 +212,9 @@ write_value(lua_State *L, struct log_line *line, const char *name)
         log_bare(line, name, tmp, (size_t)n);
         return;
     }
-    if (lua_type(L, -1) == LUA_TNUMBER) {
-        /* inf and nan are no JSON numbers. */
-        const char *t = luaL_tolstring(L, -1, NULL);
-
-        log_str(line, name, t);
-        lua_pop(L, 1);
-        return;
-    }
-    {
-        size_t tn;
-        const char *t = lua_tolstring(L, -1, &tn);
-
-        log_strn(line, name, t, tn);
-    }
+    /* Text, and inf and nan, which are no JSON numbers ("inf", "nan"). */
+    t = lua_tolstring(L, -1, &tn);
+    log_strn(line, name, t, tn);
 }
 
 /*

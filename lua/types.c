@@ -99,65 +99,75 @@ types_suggest(const char *name)
     return best_d <= strlen(name) / 3 + 1 ? best : NULL;
 }
 
-struct script_names {
-    char **v;           /* "name" or "name\0kind" for a non-function */
+struct collected {
+    struct types_entry *v;
     size_t n;
-    bool has_default, has_function;
 };
 
 static void
 collect(void *arg, const char *name, const char *other)
 {
-    struct script_names *ns = arg;
-    size_t len = strlen(name);
-    char *e;
+    struct collected *c = arg;
 
-    if (other == NULL) {
-        ns->has_function = true;
-        if (strcmp(name, "default") == 0) {
-            ns->has_default = true;
-            return;
-        }
-    }
-    e = xmalloc(len + 1 + (other ? strlen(other) : 0) + 1);
-    memcpy(e, name, len + 1);
-    if (other != NULL)
-        strcpy(e + len + 1, other);
-    else
-        e[len + 1] = '\0';
-    ns->v = xrealloc(ns->v, (ns->n + 1) * sizeof(*ns->v));
-    ns->v[ns->n++] = e;
+    c->v = xrealloc(c->v, (c->n + 1) * sizeof(*c->v));
+    c->v[c->n].name = xstrdup(name);
+    c->v[c->n].kind = other;    /* Lua's type names are static */
+    c->n++;
 }
 
 static int
 cmp_entry(const void *a, const void *b)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    return strcmp(((const struct types_entry *)a)->name,
+                  ((const struct types_entry *)b)->name);
+}
+
+size_t
+types_entries(struct lrt *rt, struct types_entry **out)
+{
+    struct collected c = {0};
+
+    lrt_types(rt, collect, &c);
+    if (c.n > 0)
+        qsort(c.v, c.n, sizeof(*c.v), cmp_entry);
+    *out = c.v;
+    return c.n;
+}
+
+void
+types_entries_free(struct types_entry *e, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(e[i].name);
+    free(e);
 }
 
 void
 types_check_script(struct lrt *rt, types_warn_fn *warn, void *arg)
 {
-    struct script_names ns = {0};
+    struct types_entry *e;
+    size_t n = types_entries(rt, &e);
+    bool has_default = false, has_function = false;
     char msg[400];
 
-    lrt_types(rt, collect, &ns);
-    if (ns.n > 0)
-        qsort(ns.v, ns.n, sizeof(*ns.v), cmp_entry);
-    for (size_t i = 0; i < ns.n; i++) {
-        const char *name = ns.v[i], *other = name + strlen(name) + 1;
-        const char *hint = types_suggest(name);
+    for (size_t i = 0; i < n; i++) {
+        const char *name = e[i].name, *hint = types_suggest(name);
         bool is_default = strcmp(name, "default") == 0;
 
-        if (*other != '\0') {
+        if (e[i].kind != NULL) {
             /* Only names meant as handlers: a table may hold other data. */
             if (is_default || types_is_known(name) || hint != NULL) {
                 snprintf(msg, sizeof(msg),
                          "'%s' is a %s, not a function: its events %s", name,
-                         other, is_default ? "would be skipped"
-                                           : "go to default");
+                         e[i].kind, is_default ? "would be skipped"
+                                               : "go to default");
                 warn(arg, true, msg);
             }
+            continue;
+        }
+        has_function = true;
+        if (is_default) {
+            has_default = true;
         } else if (!types_is_known(name)) {
             if (hint != NULL)
                 snprintf(msg, sizeof(msg),
@@ -170,13 +180,11 @@ types_check_script(struct lrt *rt, types_warn_fn *warn, void *arg)
             warn(arg, true, msg);
         }
     }
-    if (!ns.has_function)
+    if (!has_function)
         warn(arg, true, "no handler and no default: every event would be "
                         "skipped");
-    else if (!ns.has_default)
+    else if (!has_default)
         warn(arg, false, "no default handler: events of other types are "
                          "stored and skipped");
-    for (size_t i = 0; i < ns.n; i++)
-        free(ns.v[i]);
-    free(ns.v);
+    types_entries_free(e, n);
 }

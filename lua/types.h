@@ -3,6 +3,7 @@
 #define GRWHD_TYPES_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 /* NULL-terminated; the list is not closed, new types can arrive. */
 #define GRWHD_TYPES_KNOWN 13
@@ -16,6 +17,17 @@ bool types_is_known(const char *name);
 const char *types_suggest(const char *name);
 
 struct lrt;
+
+/* A name of the script's handler table; kind is NULL for a function,
+ * else the Lua type of what the name holds. */
+struct types_entry {
+    char *name;
+    const char *kind;
+};
+
+/* The script's handler names, sorted; free with types_entries_free. */
+size_t types_entries(struct lrt *rt, struct types_entry **out);
+void types_entries_free(struct types_entry *e, size_t n);
 
 /*
  * Names of a loaded script that will never see an event, as far as is
